@@ -1,0 +1,33 @@
+# mnistlab: `make lab` runs the lab end to end, `make test` runs the whole test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# No NVIDIA driver: pin the CPU wheel of PyTorch so pip never pulls a multi-GB CUDA build.
+CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
+
+.PHONY: lab test lint bench system-deps clean
+
+$(BIN)/.installed: pyproject.toml constraints-cpu.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(CONSTRAINTS) -e '.[serve,export,lab,test]'
+	touch $@
+
+lab: $(BIN)/.installed
+	$(BIN)/mnistlab data fetch
+	$(BIN)/mnistlab lab
+
+system-deps:
+	sh scripts/system-deps.sh
+
+test: $(BIN)/.installed system-deps
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check src tests bench
+
+bench: $(BIN)/.installed
+	$(BIN)/mnistlab bench --out bench/results
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Debian packages the test suite uses: Chromium (browser tests) and the Fashion-MNIST files.
+set -e
+missing=""
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+[ -d /usr/share/datasets/fashion-mnist ] || missing="$missing dataset-fashion-mnist"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing Debian packages:$missing"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+else
+  echo "warning: install these Debian packages for the full test suite:$missing" >&2
+fi

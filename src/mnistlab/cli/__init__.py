@@ -1,0 +1,65 @@
+"""The `mnistlab` command: one module per subcommand group, each a thin layer over the Python API.
+
+Each module in COMMANDS exposes `add_parser(subparsers)`, which registers its subcommand(s) and sets
+`func=handler` as the parser default; handlers take the parsed args and return an exit code.
+This is the one place that turns a MnistlabError into "error: ..." and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mnistlab import __version__
+from mnistlab.errors import MnistlabError
+
+# Subcommand modules, in the order `mnistlab --help` lists them.
+COMMANDS = [
+    "data",
+    "train",
+    "inspect",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage as one line and exit code 2, without the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mnistlab",
+        description="The 'MNIST with GPU' lab as a toolkit: real data, fast training, answers and reports.",
+    )
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"mnistlab.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MnistlabError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as e:
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,73 @@
+"""Options shared by the subcommands that train (train, compare, sweep, lab, bench)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from mnistlab.errors import ConfigError
+from mnistlab.presets import PRESETS, parse_opt
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default=None, choices=["mnist", "fashion-mnist"], help="default: mnist")
+    p.add_argument("--data-dir", default=None, help="data root holding one folder per dataset (default: $MNISTLAB_DATA, else ~/.cache/mnistlab)")
+
+
+def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False) -> None:
+    """--preset and every override of it. With `sweepable`, --lr/--epochs/--batch-size are left to the caller."""
+    p.add_argument("--preset", default="notebook", help=f"recipe to start from: {', '.join(PRESETS)}")
+    if not sweepable:
+        p.add_argument("--epochs", type=positive_int, help="number of epochs")
+        p.add_argument("--lr", type=positive_float, help="learning rate")
+        p.add_argument("--batch-size", type=positive_int, help="global batch size")
+    p.add_argument("--optimizer", help="any torch.optim class, case-insensitive (adam, sgd, adamw, ...)")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="optimizer argument (repeatable)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (default auto)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
+    p.add_argument("--double-softmax", action="store_true", default=None,
+                   help="reproduce the notebook's softmax-before-CrossEntropyLoss quirk")
+    p.add_argument("--subset", type=positive_int, help="train on the first N training images")
+    p.add_argument("--val", type=int, help="hold out N training images as a validation split")
+    add_data_options(p)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The Config overrides the user gave (unset options are None and leave the preset alone)."""
+    over: dict[str, Any] = {}
+    for key in ("epochs", "lr", "batch_size", "optimizer", "seed", "device", "amp", "compile", "channels_last",
+                "double_softmax", "subset", "val", "dataset"):
+        value = getattr(args, key, None)
+        if value is not None:
+            over[key] = value
+    if getattr(args, "opt", None):
+        over["opt_args"] = parse_opt(args.opt)
+    return over
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,28 @@
+"""`mnistlab train`: train a preset, evaluating after every epoch, into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+
+from mnistlab.cli.common import add_training_options, overrides_from
+from mnistlab.training import train
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a preset and write a run directory",
+                       description="Train a preset (any setting overridable) and write a run directory.")
+    add_training_options(p)
+    p.add_argument("--out", help="run directory (default runs/<preset>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last completed epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    over = overrides_from(args)
+    result = train(args.preset, out=args.out, resume=args.resume, data_dir=args.data_dir, quiet=args.quiet,
+                   **over)
+    if result.run_dir is not None and not args.quiet:
+        last = result.history[-1] if result.history else {}
+        print(f"test accuracy {last.get('test_acc', float('nan')):.2f}%  run: {result.run_dir}")
+    return 0

@@ -1,0 +1,232 @@
+"""The training engine: the one train/evaluate loop that every command (train, compare, sweep, lab, bench,
+torchrun) goes through, plus the device, precision, optimizer and schedule choices it runs with.
+
+Speed comes from doing less per step: batches come from the on-device `DeviceLoader`, loss and accuracy are
+summed on the device and read once per epoch (no `.item()` in the step loop), optimizers use their fused or
+foreach kernels, and matmuls/convolutions run under bf16 autocast where the hardware supports it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from mnistlab.data.loader import DeviceLoader
+from mnistlab.errors import ConfigError
+from mnistlab.presets import Config, optimizer_class
+
+
+# ---------------------------------------------------------------- devices and precision
+def pick_device(name: str = "auto") -> torch.device:
+    """cuda > mps > cpu for "auto"; otherwise the named device, checked to exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps was asked for but Apple MPS is not available")
+    return dev
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `amp` ("auto" | "bf16" | "fp16" | "off") on `device`, or None for fp32."""
+    if amp == "off":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    return None  # mps: fp32 is the dependable choice
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+def make_optimizer(cfg: Config, params, device: torch.device) -> torch.optim.Optimizer:
+    """`cfg.optimizer` (any torch.optim class) with `cfg.opt_args`, using the fused kernel when it has one."""
+    cls = optimizer_class(cfg.optimizer)
+    args = dict(cfg.opt_args)
+    params = list(params)
+    if "fused" not in args and "foreach" not in args:
+        try:
+            return cls(params, **args, fused=True)
+        except (TypeError, RuntimeError, ValueError):
+            pass  # no fused kernel for this optimizer or device
+    try:
+        return cls(params, **args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"bad arguments for optimizer {cls.__name__}: {e}") from None
+
+
+def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """(scheduler or None, True if it steps every batch else every epoch)."""
+    args = dict(cfg.schedule_args)
+    if cfg.schedule is None:
+        return None, False
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=args.pop("step_size", 1), **args), False
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        args.setdefault("max_lr", cfg.lr)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, total_steps=total, **args), True
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, **args), True
+    raise ConfigError(f"unknown schedule {cfg.schedule!r}")
+
+
+# ---------------------------------------------------------------- the loop
+class Callback(Protocol):
+    def on_epoch_start(self, epoch: int, steps: int) -> None: ...
+    def on_step(self) -> None: ...
+    def on_epoch_end(self, metrics: dict[str, Any]) -> None: ...
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0, double_softmax: bool = False):
+    """Summed cross-entropy; `double_softmax` reproduces the notebook (softmax, then CrossEntropyLoss)."""
+    if double_softmax:
+        logits = logits.float().softmax(dim=1)
+    return F.cross_entropy(logits, y, reduction="sum", label_smoothing=label_smoothing)
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DeviceLoader, amp: torch.dtype | None = None, double_softmax: bool = False
+) -> dict[str, float]:
+    """Loss and accuracy (percent) over every sample of `loader`, summed across ranks under DDP."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, device=loader.device, dtype=torch.float64)  # loss, correct, count
+    for x, y in loader.epoch(0):
+        with autocast(loader.device, amp):
+            logits = model(x)
+        sums[0] += loss_fn(logits.float(), y, double_softmax=double_softmax)
+        sums[1] += (logits.argmax(1) == y).sum()
+        sums[2] += len(y)
+    loss, correct, n = _all_reduce(sums).tolist()
+    model.train(was_training)
+    return {"loss": loss / max(n, 1), "acc": 100.0 * correct / max(n, 1), "n": int(n)}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DeviceLoader, amp: torch.dtype | None = None) -> torch.Tensor:
+    """Float32 logits for every sample of a (non-shuffled, single-rank) loader, in order, on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for x, _ in loader.epoch(0):
+        with autocast(loader.device, amp):
+            out.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(out).cpu()
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: DeviceLoader,
+    evals: dict[str, DeviceLoader],
+    *,
+    epochs: int,
+    start_epoch: int = 0,
+    scheduler=None,
+    schedule_per_step: bool = False,
+    amp: torch.dtype | None = None,
+    label_smoothing: float = 0.0,
+    double_softmax: bool = False,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    callbacks: Sequence[Callback] = (),
+    history: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Train epochs `start_epoch+1 .. epochs`, evaluating on each of `evals` after every epoch.
+
+    Returns the history: one dict per epoch with epoch, train_loss, train_acc, <name>_loss, <name>_acc for
+    each eval loader, seconds (training wall time), eval_seconds, images_per_s and lr.
+    """
+    history = list(history or [])
+    device = train.device
+    scale = float(train.world_size)  # per-rank sum * world / global batch = the global mean under DDP
+    model.train()
+    for epoch in range(start_epoch + 1, epochs + 1):
+        steps = train.shard(epoch)
+        for cb in callbacks:
+            cb.on_epoch_start(epoch, len(steps))
+        lr = optimizer.param_groups[0]["lr"]
+        sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss, correct, count
+        _sync(device)
+        t0 = time.perf_counter()
+        for idx, global_n in steps:
+            x, y = train.transform(train.images[idx]), train.labels[idx]
+            if augment is not None:
+                x = augment(x)
+            with autocast(device, amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, label_smoothing, double_softmax)
+            optimizer.zero_grad(set_to_none=True)
+            (loss * (scale / global_n)).backward()
+            optimizer.step()
+            if schedule_per_step:
+                scheduler.step()
+            with torch.no_grad():
+                sums[0] += loss.detach()
+                sums[1] += (logits.argmax(1) == y).sum()
+                sums[2] += len(y)
+            for cb in callbacks:
+                cb.on_step()
+        if scheduler is not None and not schedule_per_step:
+            scheduler.step()
+        loss_sum, correct, n = _all_reduce(sums).tolist()  # the epoch's one host sync
+        seconds = time.perf_counter() - t0
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": loss_sum / n,
+            "train_acc": 100.0 * correct / n,
+        }
+        t1 = time.perf_counter()
+        for name, loader in evals.items():
+            m = evaluate(model, loader, amp, double_softmax)
+            row[f"{name}_loss"], row[f"{name}_acc"] = m["loss"], m["acc"]
+        row.update(seconds=seconds, eval_seconds=time.perf_counter() - t1, images_per_s=n / seconds, lr=lr)
+        history.append(row)
+        for cb in callbacks:
+            cb.on_epoch_end(row)
+    return history

@@ -1,0 +1,132 @@
+"""The networks: the lab notebook's own, PyTorch's example, and a few classics. Every model returns logits.
+
+Models take a batch of shape (N, 1, 28, 28), already normalised by the data loader, and return (N, 10) logits.
+`build_model(name, **kwargs)` looks a model up in the registry; `MODELS` lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnistlab.errors import ConfigError
+
+
+class NotebookNet(nn.Module):
+    """The lab notebook's NnDigitsClassifier: one 3x3 convolution and two dense layers (2,770,634 parameters).
+
+    The notebook applies softmax inside forward() and then CrossEntropyLoss on top ("double softmax"); here
+    forward() returns logits, and the quirk is reproduced by the engine's `double_softmax` option instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, stride=1)  # 1x28x28 -> 32x26x26
+        self.flatten = nn.Flatten()  # -> 21,632 features
+        self.d1 = nn.Linear(32 * 26 * 26, 128)
+        self.d2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = self.flatten(x)
+        x = F.relu(self.d1(x))
+        return self.d2(x)
+
+
+class PytorchExampleNet(nn.Module):
+    """The Net of pytorch/examples mnist/main.py (about 99.2% after 14 epochs of Adadelta)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        return self.fc2(x)
+
+
+class LeNet5(nn.Module):
+    """LeCun et al. (1998) LeNet-5 with ReLU and max-pooling, on 28x28 inputs padded by the first conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5, padding=2)  # 6x28x28
+        self.pool1 = nn.MaxPool2d(2)  # 6x14x14
+        self.conv2 = nn.Conv2d(6, 16, 5)  # 16x10x10
+        self.pool2 = nn.MaxPool2d(2)  # 16x5x5
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(F.relu(self.conv1(x)))
+        x = self.pool2(F.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class MLP(nn.Module):
+    """A plain multi-layer perceptron: 784 -> hidden... -> 10 with ReLU."""
+
+    def __init__(self, hidden: tuple[int, ...] = (256, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = 28 * 28
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, 10))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "notebook": NotebookNet,
+    "pytorch-example": PytorchExampleNet,
+    "lenet5": LeNet5,
+    "mlp": MLP,
+}
+
+
+def register(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator adding a model constructor to the registry under `name`."""
+
+    def add(ctor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS[name] = ctor
+        return ctor
+
+    return add
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Construct the registered model `name` with constructor arguments `kwargs`."""
+    try:
+        ctor = MODELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}") from None
+    try:
+        return ctor(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"bad arguments for model {name!r}: {e}") from None
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,168 @@
+"""Run directories: what a training run leaves behind, always written atomically.
+
+    runs/<preset>-<timestamp>/
+      config.json      the resolved Config (preset + overrides)
+      env.json         python/torch versions, device, threads, git commit, world size
+      metrics.csv      one row per epoch (epoch, train_loss, train_acc, test_loss, test_acc, seconds, ...)
+      metrics.jsonl    the same rows as JSON lines
+      checkpoint.pt    model + optimizer + scheduler + epoch + RNG + history; torch.load(weights_only=True)
+      model.safetensors  the trained weights, model name and config in the metadata
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnistlab import __version__
+from mnistlab.errors import MnistlabError
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_s"]
+
+
+# ---------------------------------------------------------------- atomic files
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> Path:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MnistlabError(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise MnistlabError(f"{path}: not valid JSON ({e})") from None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_metrics(run_dir: str | Path, history: list[dict[str, Any]], name: str = "metrics") -> None:
+    """`<name>.csv` and `<name>.jsonl`: one row per epoch, the standard columns first."""
+    run_dir = Path(run_dir)
+    extra = sorted({k for row in history for k in row} - set(METRIC_COLUMNS))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS + extra, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write(run_dir / f"{name}.csv", buf.getvalue())
+    atomic_write(run_dir / f"{name}.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+
+def read_metrics(run_dir: str | Path, name: str = "metrics") -> list[dict[str, Any]]:
+    path = Path(run_dir) / f"{name}.jsonl"
+    if not path.exists():
+        raise MnistlabError(f"{path}: not found (is {run_dir} a mnistlab run directory?)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- run directories
+def new_run_dir(preset: str, out: str | Path | None = None, root: str | Path = "runs") -> Path:
+    """`out` if given, else runs/<preset>-<YYYYmmdd-HHMMSS>[-N]."""
+    if out is not None:
+        path = Path(out)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(root) / f"{preset}-{stamp}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path(root) / f"{preset}-{stamp}-{n}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def latest_run(root: str | Path = "runs") -> Path | None:
+    """The most recently modified run directory under `root` holding a model.safetensors."""
+    runs = [p.parent for p in Path(root).glob("*/model.safetensors")]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def environment(device: torch.device, world_size: int = 1, backend: str | None = None) -> dict[str, Any]:
+    """What a run ran on: versions, device, threads, git commit."""
+    env: dict[str, Any] = {
+        "mnistlab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "world_size": world_size,
+        "backend": backend,
+        "git_commit": git_commit(),
+    }
+    if torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return cpu_model()
+    return device.type
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

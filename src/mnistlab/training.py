@@ -1,0 +1,226 @@
+"""`train()`: a resolved Config -> data on the device -> model -> engine.fit -> a run directory.
+
+This is the Python API behind `mnistlab train` (and, through it, compare, sweep, lab and bench). It also
+resumes an interrupted run from its last completed epoch, and runs under torchrun as DDP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnistlab import distributed
+from mnistlab.checkpoints import load_checkpoint, model_metadata, save_checkpoint, save_safetensors, unwrap
+from mnistlab.data import load_split
+from mnistlab.data.loader import DeviceLoader
+from mnistlab.engine import amp_dtype, fit, make_optimizer, make_scheduler, pick_device
+from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.models import build_model
+from mnistlab.presets import Config, resolve
+from mnistlab.progress import Progress
+from mnistlab.runs import environment, new_run_dir, read_json, write_json, write_metrics
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: its directory, resolved config, per-epoch history and the model."""
+
+    run_dir: Path | None
+    config: Config
+    history: list[dict[str, Any]]
+    model: nn.Module = field(repr=False)
+
+    @property
+    def test_acc(self) -> float:
+        return self.history[-1]["test_acc"]
+
+
+@dataclass
+class Data:
+    train: DeviceLoader
+    evals: dict[str, DeviceLoader]
+
+
+def load_data(cfg: Config, device: torch.device, data_dir: str | Path | None = None,
+              env: distributed.DistEnv | None = None) -> Data:
+    """The Config's train/val/test splits as on-device loaders (val = last `cfg.val` training images)."""
+    env = env or distributed.DistEnv()
+    images, labels = load_split(cfg.dataset, "train", data_dir)
+    if cfg.subset is not None:
+        images, labels = images[: cfg.subset], labels[: cfg.subset]
+    if cfg.val >= len(labels):
+        raise ConfigError(f"--val {cfg.val} leaves no training images (only {len(labels)} available)")
+    common = dict(device=device, normalise=cfg.normalise, rank=env.rank, world_size=env.world_size,
+                  channels_last=cfg.channels_last)
+    n_train = len(labels) - cfg.val
+    train = DeviceLoader(images[:n_train], labels[:n_train], cfg.batch_size, shuffle=True, seed=cfg.seed,
+                         **common)
+    evals = {}
+    if cfg.val:
+        evals["val"] = DeviceLoader(images[n_train:], labels[n_train:], cfg.test_batch_size, **common)
+    test_images, test_labels = load_split(cfg.dataset, "test", data_dir)
+    evals["test"] = DeviceLoader(test_images, test_labels, cfg.test_batch_size, **common)
+    return Data(train, evals)
+
+
+def build(cfg: Config, device: torch.device) -> nn.Module:
+    """The Config's model, seeded, on `device` (channels_last if asked)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, **cfg.model_args).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def augmenter(cfg: Config):
+    """The on-device augmentation the Config asks for, or None."""
+    if not cfg.augment:
+        return None
+    from mnistlab.augment import RandomAffine  # only the presets that augment need it
+
+    return RandomAffine(**cfg.augment)
+
+
+class RunWriter:
+    """Engine callback: after every epoch, metrics files and an atomic checkpoint in the run directory."""
+
+    def __init__(self, run_dir: Path, cfg: Config, model: nn.Module, optimizer, scheduler) -> None:
+        self.run_dir, self.cfg = run_dir, cfg
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.history: list[dict[str, Any]] = []
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        pass
+
+    def on_step(self) -> None:
+        pass
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        write_metrics(self.run_dir, self.history)
+        save_checkpoint(self.run_dir / "checkpoint.pt", {
+            "format": "mnistlab-checkpoint",
+            "epoch": row["epoch"],
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": rng_state(),
+            "history": self.history,
+            "meta": model_metadata(self.cfg),
+        })
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(
+    preset: str = "notebook",
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    quiet: bool = False,
+    write_run: bool = True,
+    config: Config | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    callbacks: tuple = (),
+    **overrides: Any,
+) -> TrainResult:
+    """Train a preset (with overrides such as epochs=8, lr=2e-3, optimizer="sgd") and return the result.
+
+    `resume=RUN_DIR` continues that run from its last completed epoch (its config is reused; `epochs` may be
+    raised). `config` gives a ready Config instead of preset + overrides; `init_state` starts from given
+    initial weights (compare uses it to give every optimizer the same start).
+    """
+    ckpt = None
+    if resume is not None:
+        run_dir = Path(resume)
+        cfg = Config.from_dict(read_json(run_dir / "config.json"))
+        if overrides.get("epochs"):
+            cfg.epochs = int(overrides["epochs"])
+        if (run_dir / "checkpoint.pt").exists():
+            ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    else:
+        cfg = config if config is not None else resolve(preset, **overrides)
+    env = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, env, out, resume, ckpt, data_dir, quiet, write_run, init_state, callbacks)
+    finally:
+        distributed.teardown(env)
+
+
+def _train(cfg, env, out, resume, ckpt, data_dir, quiet, write_run, init_state, callbacks) -> TrainResult:
+    device = distributed.rank_device(env, pick_device(cfg.device))
+    distributed.per_rank_batch(cfg.batch_size, env)  # checks divisibility
+    data = load_data(cfg, device, data_dir, env)
+    model = build(cfg, device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    optimizer = make_optimizer(cfg, model.parameters(), device)
+    scheduler, per_step = make_scheduler(cfg, optimizer, len(data.train))
+    history, start_epoch = [], 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
+    net: nn.Module = model
+    if cfg.compile:
+        net = torch.compile(net)
+    if env.active:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    run_dir = None
+    cbs = list(callbacks)
+    if env.is_main and not quiet:
+        if ckpt is not None:
+            print(f"resuming {resume} after epoch {start_epoch}/{cfg.epochs}", flush=True)
+        cbs.insert(0, Progress(cfg.epochs))
+    if write_run and env.is_main:
+        run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
+        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "env.json", environment(device, env.world_size, env.backend))
+        writer = RunWriter(run_dir, cfg, model, optimizer, scheduler)
+        writer.history = list(history)
+        cbs.append(writer)
+
+    if start_epoch >= cfg.epochs and ckpt is not None:
+        if env.is_main and not quiet:
+            print(f"{resume}: already trained for {start_epoch} epochs; nothing to do", flush=True)
+    history = fit(
+        net, optimizer, data.train, data.evals,
+        epochs=cfg.epochs, start_epoch=start_epoch, scheduler=scheduler, schedule_per_step=per_step,
+        amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
+        double_softmax=cfg.double_softmax, augment=augmenter(cfg), callbacks=cbs, history=history,
+    )
+    if run_dir is not None:
+        save_safetensors(model, run_dir / "model.safetensors",
+                         model_metadata(cfg, {"test_acc": history[-1]["test_acc"] if history else None}))
+    distributed.barrier(env)
+    return TrainResult(run_dir, cfg, history, model.eval())
+
+
+def init_weights(cfg: Config) -> dict[str, torch.Tensor]:
+    """The seeded initial weights a Config's model starts from (on the CPU)."""
+    return {k: v.clone() for k, v in build(cfg, torch.device("cpu")).state_dict().items()}
+
+
+__all__ = ["TrainResult", "train", "load_data", "build", "init_weights", "MnistlabError"]

@@ -1,0 +1,83 @@
+"""Training on real MNIST: a smoke run, determinism, run directories and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from mnistlab.checkpoints import load_checkpoint
+from mnistlab.training import train
+
+
+def mnistlab(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True, **kw)
+
+
+def test_notebook_smoke_run_on_real_mnist(mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    r = mnistlab("train", "--preset", "notebook", "--epochs", "1", "--subset", "10000", "--data-dir",
+                 str(mnist_dir), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "epoch 1/1" in r.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["test_acc"] > 92.0  # 1 epoch on 10k images reaches about 93.5%
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:7] == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_s"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["preset"] == "notebook" and cfg["batch_size"] == 32 and cfg["subset"] == 10000
+    env = json.loads((out / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["world_size"] == 1
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["model"]) == "notebook" and json.loads(meta["preset"]) == "notebook"
+    ckpt = load_checkpoint(out / "checkpoint.pt")  # weights_only=True
+    assert ckpt["epoch"] == 1 and set(ckpt) >= {"model", "optimizer", "rng", "history"}
+
+
+def test_same_seed_same_metrics_on_cpu(mnist_dir):
+    runs = [train("notebook", epochs=2, subset=2000, seed=5, device="cpu", data_dir=mnist_dir,
+                  quiet=True, write_run=False) for _ in range(2)]
+    keys = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    assert [[h[k] for k in keys] for h in runs[0].history] == [[h[k] for k in keys] for h in runs[1].history]
+    other = train("notebook", epochs=1, subset=2000, seed=6, device="cpu", data_dir=mnist_dir, quiet=True,
+                  write_run=False)
+    assert other.history[0]["train_loss"] != runs[0].history[0]["train_loss"]
+
+
+def test_overrides_reach_the_optimizer(mnist_dir):
+    r = train("notebook", epochs=1, subset=500, optimizer="sgd", lr=0.05, opt_args={"momentum": 0.9},
+              data_dir=mnist_dir, quiet=True, write_run=False)
+    assert r.config.optimizer == "SGD" and r.config.opt_args == {"lr": 0.05, "momentum": 0.9}
+
+
+def test_double_softmax_squashes_the_loss(mnist_dir):
+    r = train("notebook", epochs=1, subset=3000, double_softmax=True, data_dir=mnist_dir, quiet=True,
+              write_run=False)
+    # softmax outputs in [0,1] fed to CrossEntropyLoss: the loss cannot go below log(1 + 9/e) ~ 1.46
+    assert r.history[0]["train_loss"] > 1.46 and r.history[0]["test_acc"] > 50
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--optimizer", "adamm"], "unknown optimizer 'adamm'"),
+        (["train", "--lr", "fast"], "expected a positive number"),
+        (["train", "--opt", "momentum"], "--opt expects KEY=VALUE"),
+        (["train", "--device", "cuda:0"], "no CUDA GPU"),
+        (["train", "--resume", "/nonexistent/run"], "not found"),
+        (["inspect", "--preset", "nope"], "unknown preset"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(args, message):
+    if "cuda" in " ".join(args) and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    r = mnistlab(*args)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
