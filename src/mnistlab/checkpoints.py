@@ -1,12 +1,25 @@
 """Model files, safe by default: safetensors weights and weights_only-loadable training checkpoints.
 
 The model's name, constructor arguments and training config travel with the weights (safetensors
-metadata, checkpoint dict), so `load_model(path)` needs no extra flags.
+metadata, checkpoint dict, TorchScript extra file, ONNX metadata_props), so `read_model(path)` needs no
+extra flags. Formats (`save_model`, `read_model`):
+
+    safetensors  .safetensors   weights + metadata; never executes anything (the default)
+    state_dict   .pt .pth       {"format": "mnistlab-state-dict", "state_dict", "meta"}; weights_only-loadable
+    checkpoint   .ckpt          a training checkpoint as RunWriter writes it; weights_only-loadable
+    pickle       .pkl .pickle   torch.save(model), the PyTorch tutorial's way; loading runs code from the
+                                file, so it is refused unless trusted (trust_pickle=True / --trust-pickle)
+    torchscript  .ts .torchscript  traced, input normalisation baked in (feed pixels in [0, 1])
+    onnx         .onnx          the same graph for onnxruntime, normalisation baked in
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +28,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from mnistlab.errors import MnistlabError
-from mnistlab.models import build_model
-from mnistlab.presets import Config
+from mnistlab.errors import ConfigError, MnistlabError, UnsafeFileError
+from mnistlab.models import MODELS, build_model, count_params
+from mnistlab.presets import PRESETS, Config
 from mnistlab.runs import atomic_path
+
+FORMATS = ("safetensors", "state_dict", "checkpoint", "pickle", "torchscript", "onnx")
+EXTENSIONS = {".safetensors": "safetensors", ".pt": "state_dict", ".pth": "state_dict", ".ckpt": "checkpoint",
+              ".pkl": "pickle", ".pickle": "pickle", ".ts": "torchscript", ".torchscript": "torchscript",
+              ".onnx": "onnx"}
+PICKLE_ATTR = "_mnistlab_meta"  # where a pickled model carries its metadata
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -73,22 +92,43 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     return state, meta
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """A training checkpoint (tensors, numbers, strings, dicts only), written atomically."""
+def save_checkpoint(path: str | Path, state: Any) -> Path:
+    """torch.save(`state`) atomically (a training checkpoint: tensors, numbers, strings, dicts only)."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return Path(path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint loaded with weights_only=True: no code in the file can run."""
+def load_checkpoint(path: str | Path) -> Any:
+    """A torch.save file loaded with weights_only=True: no code in the file can run.
+
+    A file that needs arbitrary Python objects (a pickled model, a planted payload) raises UnsafeFileError.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols it was not written with
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MnistlabError(f"{path}: not found") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad or unsafe file
-        raise MnistlabError(f"{path}: cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0]})") \
-            from None
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e) or "Unsupported operand" in str(e):
+            raise UnsafeFileError(unsafe_message(path)) from None
+        raise MnistlabError(f"{path}: not a readable PyTorch file ({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad or truncated file
+        raise MnistlabError(f"{path}: cannot be loaded safely ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def unsafe_message(path: str | Path) -> str:
+    """The one-line refusal for a file whose loading would run code from it."""
+    return (f"{path}: refusing to load a pickled Python object (e.g. a whole model saved with torch.save(model)): "
+            "unpickling runs code from the file, which can do anything your account can; pass --trust-pickle "
+            "(trust_pickle=True) only if you trust where it came from, or use a safe format "
+            "(mnistlab export --format safetensors, or torch.save(model.state_dict()))")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def model_from(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Module:
@@ -101,3 +141,142 @@ def model_from(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> nn.Modul
     except RuntimeError as e:
         raise MnistlabError(f"weights do not fit model {meta['model']!r}: {str(e).splitlines()[0]}") from None
     return model.eval()
+
+
+# ---------------------------------------------------------------- every format
+def format_for(path: str | Path, format: str | None = None) -> str:
+    """The format named explicitly, else the one `path`'s extension implies (safetensors when unknown)."""
+    if format is not None:
+        if format not in FORMATS:
+            raise ConfigError(f"unknown model format {format!r}; choose from {', '.join(FORMATS)}")
+        return format
+    return EXTENSIONS.get(Path(path).suffix.lower(), "safetensors")
+
+
+def save_model(model: nn.Module, path: str | Path, meta: dict[str, Any], format: str | None = None) -> Path:
+    """Write `model` (CPU copy) with `meta` to `path` in `format` (default: from the extension), atomically.
+
+    `meta` should hold at least "model" and "model_args" (see `model_metadata`); "params" is added.
+    """
+    fmt = format_for(path, format)
+    model = unwrap(model)
+    meta = {**meta, "params": count_params(model)}
+    if fmt == "safetensors":
+        return save_safetensors(model, path, meta)
+    if fmt in ("torchscript", "onnx"):
+        from mnistlab import export  # onnx and TorchScript machinery only when asked for
+
+        return (export.save_torchscript if fmt == "torchscript" else export.save_onnx)(model, path, meta)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if fmt == "state_dict":
+        return save_checkpoint(path, {"format": "mnistlab-state-dict", "state_dict": state, "meta": meta})
+    if fmt == "checkpoint":
+        return save_checkpoint(path, {
+            "format": "mnistlab-checkpoint", "epoch": int(meta.get("epoch", 0)), "model": state,
+            "optimizer": None, "scheduler": None, "rng": {"torch": torch.get_rng_state()},
+            "history": list(meta.get("history", [])), "meta": meta,
+        })
+    carrier = copy.copy(model)  # shares the weights; the metadata rides along as an attribute
+    setattr(carrier, PICKLE_ATTR, meta)
+    return save_checkpoint(path, carrier)
+
+
+def read_model(path: str | Path, trust_pickle: bool = False) -> tuple[nn.Module, dict[str, Any], str]:
+    """(model in eval mode on the CPU, its metadata, its format) from a file of any format in FORMATS.
+
+    Only a pickled object with `trust_pickle` ever runs code from the file; everything else goes through
+    safetensors, torch.load(weights_only=True), TorchScript or onnxruntime.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MnistlabError(f"{path}: not found" if not path.exists() else f"{path}: not a file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise MnistlabError(f"{path}: empty file, not a model")
+    if path.suffix.lower() == ".onnx":
+        from mnistlab.export import load_onnx
+
+        return load_onnx(path)
+    if len(head) > 8 and head[8:9] == b"{":  # safetensors: u64 header length, then a JSON header
+        state, meta = read_safetensors(path)
+        return model_from(state, meta), meta, "safetensors"
+    if zipfile.is_zipfile(path) and _is_torchscript(path):
+        from mnistlab.export import load_torchscript
+
+        return load_torchscript(path)
+    try:
+        obj = load_checkpoint(path)
+        trusted = False
+    except UnsafeFileError:
+        if not trust_pickle:
+            raise
+        obj, trusted = _load_trusted(path), True
+    return _model_of(obj, path, trusted)
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _load_trusted(path: Path) -> Any:
+    """torch.load without weights_only: runs code from the file. Only with the user's explicit trust."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - whatever the pickle raises
+        raise MnistlabError(f"{path}: cannot be unpickled ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _model_of(obj: Any, path: Path, trusted: bool) -> tuple[nn.Module, dict[str, Any], str]:
+    """Interpret what torch.load returned: our dicts, a plain state_dict, or (trusted) a whole model."""
+    if isinstance(obj, nn.Module):
+        meta = dict(getattr(obj, PICKLE_ATTR, None) or {"model": type(obj).__name__})
+        if hasattr(obj, PICKLE_ATTR):
+            delattr(obj, PICKLE_ATTR)
+        return obj.cpu().eval(), meta, "pickle"
+    if isinstance(obj, dict) and obj.get("format") == "mnistlab-state-dict":
+        return model_from(obj["state_dict"], obj["meta"]), dict(obj["meta"]), "state_dict"
+    if isinstance(obj, dict) and obj.get("format") == "mnistlab-checkpoint":
+        history = obj.get("history") or [{}]
+        meta = dict(obj["meta"], epoch=obj.get("epoch"), test_acc=history[-1].get("test_acc"))
+        return model_from(obj["model"], obj["meta"]), meta, "checkpoint"
+    state = _plain_state(obj)
+    if state is None:
+        kind = "a whole model" if trusted else f"a {type(obj).__name__}"
+        raise MnistlabError(f"{path}: holds {kind}, not model weights mnistlab can rebuild")
+    meta = guess_model(state, path)
+    return model_from(state, meta), meta, "state_dict"
+
+
+def _plain_state(obj: Any) -> dict[str, torch.Tensor] | None:
+    """A bare state_dict (torch.save(model.state_dict())), also under a "state_dict"/"model_state_dict" key."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    return None
+
+
+def guess_model(state: dict[str, torch.Tensor], path: str | Path = "weights") -> dict[str, Any]:
+    """Metadata naming the registered model (default arguments) whose state_dict matches `state` exactly."""
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for name in MODELS:
+        try:
+            expected = {k: tuple(v.shape) for k, v in build_model(name).state_dict().items()}
+        except (ConfigError, TypeError):
+            continue
+        if expected == shapes:  # the input normalisation is that of the preset training this model
+            normalise = next((c.normalise for c in PRESETS.values() if c.model == name), None)
+            return {"format": "mnistlab", "model": name, "model_args": {}, "normalise": normalise,
+                    "note": "bare state_dict: model guessed from its weights"}
+    raise MnistlabError(f"{path}: a bare state_dict that matches no registered model "
+                        f"({', '.join(MODELS)}); save it with mnistlab.checkpoints.save_model to keep its metadata")
