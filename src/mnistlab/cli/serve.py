@@ -1,0 +1,96 @@
+"""`mnistlab serve`: the draw-a-digit web app and prediction API for a trained model (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+from pathlib import Path
+
+from mnistlab.cli.common import add_data_options, positive_int
+from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.runs import latest_run
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="web page to draw digits and see them classified, plus a JSON API",
+                       description="Serve a trained model: a page to draw or upload a digit (GET /) and an "
+                                   "API (POST /api/predict, GET /api/model, /api/samples, /api/health, /docs).")
+    p.add_argument("--model", metavar="M", help="model file or run directory (default: the latest run in runs/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=port_number, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads per inference (default 1: concurrent requests use the cores)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled model you trust")
+    add_data_options(p)
+    p.set_defaults(func=run)
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 1..65535, got {text!r}")
+    return value
+
+
+def check_listen(host: str, port: int) -> None:
+    """Fail early, in one line, when `host:port` cannot be listened on (address in use, unknown host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: cannot resolve ({e.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def default_model() -> Path:
+    """The latest run directory, or a one-line hint how to get one."""
+    run = latest_run()
+    if run is None:
+        raise MnistlabError("no trained model found in runs/; train one first (e.g. `mnistlab train --preset "
+                            "notebook`) or pass --model PATH")
+    return run
+
+
+def load(model: str | Path | None, trust_pickle: bool = False):
+    """The LoadedModel for --model (default: the latest run)."""
+    from mnistlab.predict import load_model
+
+    return load_model(model if model is not None else default_model(), trust_pickle=trust_pickle)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from mnistlab.serve import create_app
+    except ImportError as e:
+        raise MnistlabError(f"serving needs the 'serve' extra ({e.name} is missing): "
+                            "pip install 'mnistlab[serve]'") from None
+    import torch
+
+    torch.set_num_threads(args.threads)
+    loaded = load(args.model, args.trust_pickle)
+    check_listen(args.host, args.port)
+    app = create_app(loaded, data_dir=args.data_dir)
+    if not is_loopback(args.host):
+        print(f"warning: listening on {args.host}: other machines can reach this server", flush=True)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving {loaded.name} from {loaded.path} at http://{shown}:{args.port}/  (Ctrl+C stops)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
