@@ -88,3 +88,96 @@ def sample_grid(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _savefig(fig, out)
+
+
+def confusion_plot(cm: Any, out: str | Path, class_names: Sequence[str] | None = None,
+                   title: str | None = None) -> Path:
+    """A confusion matrix (rows: true class, columns: predicted), each cell's count written in it.
+
+    Colours show each row's share (so errors stand out whatever the class sizes). Returns `out`.
+    """
+    counts = _numpy(cm).astype(np.int64)
+    k = counts.shape[0]
+    names = list(class_names) if class_names else [str(i) for i in range(k)]
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(0.55 * k + 2.2, 0.55 * k + 1.6))
+    ax.imshow(np.sqrt(share), cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if counts[i, j]:
+                dark = share[i, j] > 0.4
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if dark else ("black" if i == j else "tab:red"))
+    long = max(map(len, names)) > 2
+    ax.set_xticks(range(k), names, rotation=45 if long else 0, ha="right" if long else "center")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _savefig(fig, out)
+
+
+def mistakes_plot(images: Any, true: Any, pred: Any, probs: Any, out: str | Path) -> Path:
+    """The given misclassified images, each captioned "pred P (confidence) / true T". Returns `out`."""
+    return sample_grid(images, true, out, preds=pred, probs=probs, cols=8,
+                       title="mistakes: prediction (confidence) and true class")
+
+
+def _epochs(history: Sequence[dict[str, Any]]) -> list[int]:
+    return [int(r["epoch"]) for r in history]
+
+
+def curves_plot(history: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> Path:
+    """Train/test accuracy (left) and loss (right) per epoch of one run's metrics. Returns `out`."""
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ep = _epochs(history)
+    for split, style in (("train", "o-"), ("test", "s-")):
+        if history and f"{split}_acc" in history[0]:
+            acc.plot(ep, [r[f"{split}_acc"] for r in history], style, label=split)
+            loss.plot(ep, [r[f"{split}_loss"] for r in history], style, label=split)
+    acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    for ax in (acc, loss):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _savefig(fig, out)
+
+
+def compare_plot(histories: dict[str, Sequence[dict[str, Any]]], out: str | Path, title: str = "") -> Path:
+    """Overlaid test (solid) and train (dashed) accuracy curves, one colour per optimizer. Returns `out`."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for i, (label, history) in enumerate(histories.items()):
+        color = f"C{i}"
+        ep = _epochs(history)
+        ax.plot(ep, [r["test_acc"] for r in history], "o-", color=color, label=f"{label} test")
+        ax.plot(ep, [r["train_acc"] for r in history], "--", color=color, alpha=0.7, label=f"{label} train")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title or "optimizers from the same initial weights")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return _savefig(fig, out)
+
+
+def sweep_plot(curves: dict[str, Sequence[dict[str, Any]]], points: Sequence[dict[str, Any]], out: str | Path,
+               title: str = "") -> Path:
+    """Test accuracy per epoch of each swept setting (`curves`: label -> history), with the grid's
+    configurations (`points`: rows with label, epochs, final_test_acc) marked. Returns `out`."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    colors = {label: f"C{i}" for i, label in enumerate(curves)}
+    for label, history in curves.items():
+        ax.plot(_epochs(history), [r["test_acc"] for r in history], "-", color=colors[label], label=label)
+    for p in points:
+        ax.plot(p["epochs"], p["final_test_acc"], "o", color=colors.get(p["label"], "k"), markersize=7)
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=title or "sweep: test accuracy per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return _savefig(fig, out)

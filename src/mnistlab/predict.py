@@ -160,3 +160,17 @@ def classify_indices(loaded: LoadedModel, indices: Sequence[int], split: str = "
         r["label"] = int(y)
         r["correct"] = r["prediction"] == r["label"]
     return results
+
+
+def show_inputs(tensors: Sequence[torch.Tensor], results: Sequence[dict[str, Any]], out: str | Path) -> Path:
+    """A grid of what the model saw (the preprocessed 28x28 inputs), captioned with its predictions."""
+    from mnistlab.plots import sample_grid
+
+    names = [str(d) for d in range(10)] + ["blank"]
+    preds = [10 if r["blank"] else r["prediction"] for r in results]
+    probs = [0.0 if r["blank"] else r["top_k"][0][1] for r in results]
+    if all("label" in r for r in results):  # dataset samples: prediction against the true label
+        return sample_grid(torch.stack(list(tensors)), [r["label"] for r in results], out, preds=preds,
+                           probs=probs, class_names=names, title="what the model saw")
+    return sample_grid(torch.stack(list(tensors)), preds, out, class_names=names,
+                       title="what the model saw (prediction above each)")

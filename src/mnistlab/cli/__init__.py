@@ -19,6 +19,9 @@ COMMANDS = [
     "data",
     "train",
     "inspect",
+    "predict",
+    "evaluate",
+    "export",
     "serve",
 ]
 
