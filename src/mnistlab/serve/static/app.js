@@ -212,10 +212,13 @@ async function loadGallery() {
       c.width = c.height = 28;
       paint(c, s.pixels);
       const ok = s.prediction === s.label;
+      item.dataset.label = String(s.label);
+      item.dataset.prediction = String(s.prediction);
+      item.title = "test image #" + s.index + ": label " + s.label + ", predicted " + s.prediction +
+        " (" + (100 * s.confidence).toFixed(1) + "%)";
       const caption = document.createElement("div");
       caption.className = ok ? "ok" : "wrong";
-      caption.textContent = "label " + s.label + " · " + s.prediction;
-      caption.title = "label " + s.label + ", predicted " + s.prediction + " (" + (100 * s.confidence).toFixed(1) + "%)";
+      caption.textContent = ok ? "→ " + s.prediction : "→ " + s.prediction + " (is " + s.label + ")";
       item.append(c, caption);
       item.addEventListener("click", () => {
         clearPad();
