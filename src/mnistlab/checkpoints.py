@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
-import pickle
+import pickletools
 import warnings
 import zipfile
 from pathlib import Path
@@ -110,12 +110,34 @@ def load_checkpoint(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise MnistlabError(f"{path}: not found") from None
-    except pickle.UnpicklingError as e:
-        if "GLOBAL" in str(e) or "Unsupported operand" in str(e):
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad, truncated or unsafe file
+        if _needs_code(Path(path)):
             raise UnsafeFileError(unsafe_message(path)) from None
-        raise MnistlabError(f"{path}: not a readable PyTorch file ({_first_line(e)})") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad or truncated file
-        raise MnistlabError(f"{path}: cannot be loaded safely ({type(e).__name__}: {_first_line(e)})") from None
+        raise MnistlabError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {_first_line(e)})") \
+            from None
+
+
+CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}
+
+
+def _needs_code(path: Path) -> bool:
+    """True when `path` is a well-formed pickle (raw, or torch.save's zip) that imports or calls objects.
+
+    Read with pickletools, which only parses opcodes and never executes them.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name else b""
+        else:
+            data = path.read_bytes()
+            if not data.startswith(b"\x80"):  # binary pickles (protocol 2+) begin with PROTO
+                return False
+        ops = [op.name for op, _, _ in pickletools.genops(data)]  # raises unless it parses to STOP
+    except Exception:  # noqa: BLE001 - anything malformed is simply not a pickle
+        return False
+    return bool(CODE_OPCODES & set(ops))
 
 
 def unsafe_message(path: str | Path) -> str:
@@ -243,8 +265,9 @@ def _model_of(obj: Any, path: Path, trusted: bool) -> tuple[nn.Module, dict[str,
     if isinstance(obj, dict) and obj.get("format") == "mnistlab-state-dict":
         return model_from(obj["state_dict"], obj["meta"]), dict(obj["meta"]), "state_dict"
     if isinstance(obj, dict) and obj.get("format") == "mnistlab-checkpoint":
-        history = obj.get("history") or [{}]
-        meta = dict(obj["meta"], epoch=obj.get("epoch"), test_acc=history[-1].get("test_acc"))
+        meta = dict(obj["meta"], epoch=obj.get("epoch"))
+        if obj.get("history"):
+            meta["test_acc"] = obj["history"][-1].get("test_acc")
         return model_from(obj["model"], obj["meta"]), meta, "checkpoint"
     state = _plain_state(obj)
     if state is None:

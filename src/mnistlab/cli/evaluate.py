@@ -8,7 +8,6 @@ from pathlib import Path
 
 from mnistlab.cli.common import add_data_options, positive_int
 from mnistlab.cli.predict import add_model_options
-from mnistlab.evaluation import evaluate_model
 from mnistlab.predict import load_model
 
 
@@ -33,6 +32,8 @@ def default_out(model_path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mnistlab.evaluation import evaluate_model  # matplotlib only when evaluating
+
     loaded = load_model(args.model, trust_pickle=args.trust_pickle)
     out = Path(args.out) if args.out else default_out(loaded.path)
     result = evaluate_model(loaded, args.split, args.data_dir, out, args.worst)
