@@ -30,17 +30,28 @@ def server(trained_run, mnist_dir):
 
 
 @pytest.fixture(scope="module")
-def browser_page(server):
+def browser():
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1000, "height": 1100})
-        page.problems = []  # JS errors and requests leaving the server: the page must work offline
-        page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
-        page.on("request", lambda r: r.url.startswith(server) or page.problems.append(f"external: {r.url}"))
-        page.goto(server)
-        expect(page.locator("#gallery .sample")).to_have_count(12)
-        yield page
+        yield browser
         browser.close()
+
+
+def open_page(browser, server, **context_options):
+    page = browser.new_context(viewport={"width": 1000, "height": 1100}, **context_options).new_page()
+    page.problems = []  # JS errors and requests leaving the server: the page must work offline
+    page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
+    page.on("request", lambda r: r.url.startswith(server) or page.problems.append(f"external: {r.url}"))
+    page.goto(server)
+    expect(page.locator("#gallery .sample")).to_have_count(12)
+    return page
+
+
+@pytest.fixture(scope="module")
+def browser_page(browser, server):
+    page = open_page(browser, server)
+    yield page
+    page.context.close()
 
 
 def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
@@ -88,6 +99,7 @@ def test_drawn_digit_is_recognised(browser_page, digit, strokes):
     assert 0.03 < ink_of_seen(page) < 0.5  # the preprocessed 28x28 input is displayed
     assert "%" in page.locator("#confidence").inner_text()
     ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_timeout(300)  # let the bars' transition end before the screenshot
     page.screenshot(path=str(ARTIFACTS / f"serve-drawn-{digit}.png"), full_page=True)
     assert not page.problems
 
@@ -116,12 +128,29 @@ def test_upload_and_gallery(browser_page, mnist_dir, tmp_path):
     page.wait_for_function("document.getElementById('status').textContent.includes('digit.png')")
     assert shown(page) == str(int(labels[0]))  # a 7 the model gets right
 
-    first = page.locator("#gallery .sample").first
-    predicted = first.get_attribute("data-prediction")
-    assert first.get_attribute("data-label") in "0123456789"
-    first.click()
+    item = page.locator("#gallery .sample").nth(3)
+    assert item.get_attribute("data-label") in "0123456789"
+    item.click()
     page.wait_for_function("document.getElementById('status').textContent.startsWith('test image')")
-    assert shown(page) == predicted  # the same image sent back as JSON pixels gives the gallery's prediction
+    assert shown(page) == item.get_attribute("data-prediction")  # its probabilities are shown
+    assert page.locator(".bar.top").get_attribute("data-digit") == item.get_attribute("data-prediction")
+    assert ink_of_seen(page) > 0.03
     assert "parameters" in page.locator("#model-info").inner_text()
+    page.wait_for_timeout(300)
     page.screenshot(path=str(ARTIFACTS / "serve-gallery.png"), full_page=True)
     assert not page.problems
+
+
+def test_drawing_with_a_finger(browser, server):
+    """Touch input (pointer events from a touch screen) draws and predicts like the mouse."""
+    page = open_page(browser, server, has_touch=True)
+    cdp = page.context.new_cdp_session(page)
+    box = page.locator("#pad").bounding_box()
+    points = [(box["x"] + box["width"] * 0.52, box["y"] + box["height"] * (0.15 + 0.7 * t / 20)) for t in range(21)]
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": points[0][0], "y": points[0][1]}]})
+    for x, y in points[1:]:
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    expect(page.locator("#prediction")).to_have_text("1", timeout=15_000)
+    assert not page.problems
+    page.context.close()

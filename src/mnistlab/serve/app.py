@@ -69,7 +69,8 @@ class Sample(BaseModel):
     label: int
     prediction: int
     confidence: float
-    pixels: list[list[float]]
+    probabilities: list[float]
+    pixels: list[list[float]] = Field(description="the 28x28 test image, values in [0, 1], as the model saw it")
 
 
 class Samples(BaseModel):
@@ -121,7 +122,7 @@ class Gallery:
         probs = self.loaded.probabilities(x)
         return [
             {"index": i, "label": int(labels[i]), "prediction": int(p.argmax()), "confidence": float(p.max()),
-             "pixels": grid(img, 4)}
+             "probabilities": [round(float(v), 6) for v in p], "pixels": grid(img, 4)}
             for i, img, p in zip(idx, x, probs, strict=True)
         ]
 

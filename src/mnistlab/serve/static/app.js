@@ -25,7 +25,7 @@ for (let d = 0; d < 10; d++) {
   const bar = document.createElement("div");
   bar.className = "bar";
   bar.dataset.digit = String(d);
-  bar.innerHTML = '<span class="pct"></span><div class="fill" style="height:0"></div><span class="label">' + d + "</span>";
+  bar.innerHTML = '<span class="pct"></span><div class="track"><div class="fill" style="height:0"></div></div><span class="label">' + d + "</span>";
   barsEl.appendChild(bar);
   bars.push(bar);
 }
@@ -221,9 +221,11 @@ async function loadGallery() {
       caption.textContent = ok ? "→ " + s.prediction : "→ " + s.prediction + " (is " + s.label + ")";
       item.append(c, caption);
       item.addEventListener("click", () => {
+        // the gallery's own result: the test image exactly as the model saw it, no re-preprocessing
         clearPad();
-        predict(async () => ({ headers: { "Content-Type": "application/json" }, body: JSON.stringify({ pixels: s.pixels }) }),
-          "test image #" + s.index + " (label " + s.label + ")");
+        latest++;
+        showResult({ prediction: s.prediction, probabilities: s.probabilities, blank: false, input: s.pixels });
+        setStatus("test image #" + s.index + " (label " + s.label + ")");
       });
       gallery.appendChild(item);
     }
