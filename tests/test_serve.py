@@ -133,6 +133,7 @@ def test_samples_gallery(client, loaded, test_split):
     probs = loaded.probabilities(images[idx].float() / 255)
     for s, p in zip(body["samples"], probs, strict=True):
         assert s["label"] == int(labels[s["index"]]) and s["prediction"] == int(p.argmax())
+        assert np.allclose(s["probabilities"], p.numpy(), atol=1e-5) and s["confidence"] == pytest.approx(p.max())
         assert np.allclose(np.asarray(s["pixels"]) * 255, images[s["index"]].numpy(), atol=0.05)
     assert len(client.get("/api/samples").json()["samples"]) == 12
 

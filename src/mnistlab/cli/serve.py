@@ -7,7 +7,7 @@ import ipaddress
 import socket
 from pathlib import Path
 
-from mnistlab.cli.common import add_data_options, positive_int
+from mnistlab.cli.common import positive_int
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.runs import latest_run
 
@@ -22,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads per inference (default 1: concurrent requests use the cores)")
     p.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled model you trust")
-    add_data_options(p)
+    p.add_argument("--data-dir", help="data root for the gallery's test images (default: $MNISTLAB_DATA, else "
+                                      "~/.cache/mnistlab)")
     p.set_defaults(func=run)
 
 
