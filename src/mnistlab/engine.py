@@ -179,8 +179,9 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train epochs `start_epoch+1 .. epochs`, evaluating on each of `evals` after every epoch.
 
-    Returns the history: one dict per epoch with epoch, train_loss, train_acc, <name>_loss, <name>_acc for
-    each eval loader, seconds (training wall time), eval_seconds, images_per_s and lr.
+    Returns the history: one dict per epoch with epoch, train_loss, train_acc, <name>_loss, <name>_acc and
+    <name>_n (images evaluated, over all ranks) for each eval loader, seconds (training wall time),
+    eval_seconds, images_per_s and lr.
     """
     history = list(history or [])
     device = train.device
@@ -224,7 +225,7 @@ def fit(
         t1 = time.perf_counter()
         for name, loader in evals.items():
             m = evaluate(model, loader, amp, double_softmax)
-            row[f"{name}_loss"], row[f"{name}_acc"] = m["loss"], m["acc"]
+            row[f"{name}_loss"], row[f"{name}_acc"], row[f"{name}_n"] = m["loss"], m["acc"], m["n"]
         row.update(seconds=seconds, eval_seconds=time.perf_counter() - t1, images_per_s=n / seconds, lr=lr)
         history.append(row)
         for cb in callbacks:

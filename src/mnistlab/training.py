@@ -146,40 +146,46 @@ def train(
     raised). `config` gives a ready Config instead of preset + overrides; `init_state` starts from given
     initial weights (compare uses it to give every optimizer the same start).
     """
-    ckpt = None
     if resume is not None:
-        run_dir = Path(resume)
-        cfg = Config.from_dict(read_json(run_dir / "config.json"))
+        cfg = Config.from_dict(read_json(Path(resume) / "config.json"))
         if overrides.get("epochs"):
             cfg.epochs = int(overrides["epochs"])
-        if (run_dir / "checkpoint.pt").exists():
-            ckpt = load_checkpoint(run_dir / "checkpoint.pt")
     else:
         cfg = config if config is not None else resolve(preset, **overrides)
-    env = distributed.setup(cfg.device)
-    try:
-        return _train(cfg, env, out, resume, ckpt, data_dir, quiet, write_run, init_state, callbacks)
-    finally:
-        distributed.teardown(env)
+    env = distributed.setup(cfg.device)  # the group is left at exit: a later train() reuses it
+    return _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callbacks)
 
 
-def _train(cfg, env, out, resume, ckpt, data_dir, quiet, write_run, init_state, callbacks) -> TrainResult:
-    device = distributed.rank_device(env, pick_device(cfg.device))
-    distributed.per_rank_batch(cfg.batch_size, env)  # checks divisibility
-    data = load_data(cfg, device, data_dir, env)
-    model = build(cfg, device)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    optimizer = make_optimizer(cfg, model.parameters(), device)
-    scheduler, per_step = make_scheduler(cfg, optimizer, len(data.train))
-    history, start_epoch = [], 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler") is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
+def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callbacks) -> TrainResult:
+    ckpt, error = None, None
+    try:  # everything a rank can fail at on its own, before the first collective
+        device = distributed.rank_device(env, pick_device(cfg.device))
+        distributed.per_rank_batch(cfg.batch_size, env)  # checks divisibility
+        if resume is not None and (Path(resume) / "checkpoint.pt").exists():
+            ckpt = load_checkpoint(Path(resume) / "checkpoint.pt")  # every rank loads the same file
+        data = load_data(cfg, device, data_dir, env)
+        model = build(cfg, device)
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        optimizer = make_optimizer(cfg, model.parameters(), device)
+        scheduler, per_step = make_scheduler(cfg, optimizer, len(data.train))
+        history, start_epoch = [], 0
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None and ckpt.get("scheduler") is not None:
+                scheduler.load_state_dict(ckpt["scheduler"])
+            if not env.active:  # DDP ranks reseed every epoch (distributed.RankSeed)
+                set_rng_state(ckpt["rng"])
+            history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
+    except MnistlabError as e:
+        error = e
+    distributed.agree(env, error)
+    if resume is not None and not distributed.same_everywhere(
+        env, [start_epoch, history[-1].get("seconds", 0.0) if history else -1.0]
+    ):
+        raise ConfigError(f"--resume {resume}: the ranks loaded different checkpoints; every node must read "
+                          "the same run directory (shared storage)")
     net: nn.Module = model
     if cfg.compile:
         net = torch.compile(net)
@@ -190,6 +196,8 @@ def _train(cfg, env, out, resume, ckpt, data_dir, quiet, write_run, init_state, 
 
     run_dir = None
     cbs = list(callbacks)
+    if env.active:
+        cbs.insert(0, distributed.RankSeed(cfg.seed, env.rank))
     if env.is_main and not quiet:
         if ckpt is not None:
             print(f"resuming {resume} after epoch {start_epoch}/{cfg.epochs}", flush=True)
