@@ -14,6 +14,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
+from mnistlab import callable_module
 from mnistlab.engine import make_optimizer
 from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
@@ -143,3 +144,6 @@ def inspect(preset: str = "notebook", config: Config | None = None, **overrides:
         "normalise": cfg.normalise,
         "loss": "CrossEntropyLoss" + (" on softmax outputs (double softmax)" if cfg.double_softmax else ""),
     }
+
+
+callable_module(__name__, "inspect")  # mnistlab.inspect("notebook") works like mnistlab.inspect.inspect

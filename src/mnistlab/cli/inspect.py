@@ -8,9 +8,8 @@ from typing import Any
 
 from mnistlab.cli.common import add_training_options, overrides_from
 from mnistlab.inspect import inspect
-
-COLUMNS = ["name", "type", "input_shape", "output_shape", "units", "activation", "kernel_size", "stride",
-           "padding", "params"]
+from mnistlab.report.sections import LAYER_COLUMNS as COLUMNS
+from mnistlab.report.sections import cell as _cell
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,32 +21,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list):
-        return "x".join(str(v) for v in value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
 def markdown(info: dict[str, Any]) -> str:
-    """The inspection as Markdown (also used by the lab report)."""
-    opt = info["optimizer"]
-    lines = [
-        f"- Batch size: **{info['batch_size']}**",
-        f"- Epochs: **{info['epochs']}**",
-        f"- Layers with weights: **{info['weight_layers']}** (of {len(info['layers'])} layer modules)",
-        f"- Parameters: **{info['total_params']:,}**; forward FLOPs per image: {info['flops_per_image']:,}",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-    ]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in info["layers"]]
-    lines += ["", f"Optimizer: **{opt['name']}**", "", "| parameter | value | meaning |", "|---|---|---|"]
-    lines += [f"| {k} | {v} | {opt['meanings'].get(k, '')} |" for k, v in opt["params"].items()]
-    return "\n".join(lines) + "\n"
+    """The inspection as Markdown (the lab report renders the same blocks)."""
+    from mnistlab.report.blocks import block_md
+    from mnistlab.report.sections import inspect_blocks
+
+    return "\n".join(block_md(b) for b in inspect_blocks(info))
 
 
 def run(args: argparse.Namespace) -> int:

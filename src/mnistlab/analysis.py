@@ -1,0 +1,114 @@
+"""Exercise 1, questions 6 and 7, from a run's per-epoch metrics: the accuracy table and a verdict on
+"will the network improve with more epochs, and why", derived from the numbers (never hard-coded).
+
+Verdicts, checked in this order:
+    over-fitting     the best test epoch is behind us, the last epoch lost accuracy and the train/test gap grew
+    under-fitting    the model does not fit its own training data yet (train accuracy below UNDERFIT_TRAIN_ACC)
+    still improving  test accuracy is still rising by more than PLATEAU_SLOPE points per epoch
+    plateau          test accuracy moves less than PLATEAU_SLOPE points per epoch
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mnistlab.report.blocks import csv_text, pct, pts
+from mnistlab.runs import atomic_write, write_json
+
+PLATEAU_SLOPE = 0.10  # points of test accuracy per epoch below which the curve is flat
+UNDERFIT_TRAIN_ACC = 95.0  # train accuracy (percent) below which the model has not fit its training data
+DROP_TOL = 0.05  # points: a smaller drop from the best epoch is noise
+WINDOW = 3  # epochs used for the recent trend
+
+TABLE_COLUMNS = ["epoch", "train_acc", "test_acc", "train_loss", "test_loss", "gap"]
+
+
+def accuracy_table(history: list[dict[str, Any]], split: str = "test") -> list[dict[str, Any]]:
+    """Question 7: per epoch, train/held-out accuracy and loss and the generalisation gap (train - held-out)."""
+    return [{
+        "epoch": int(r["epoch"]), "train_acc": r["train_acc"], "test_acc": r[f"{split}_acc"],
+        "train_loss": r["train_loss"], "test_loss": r[f"{split}_loss"],
+        "gap": r["train_acc"] - r[f"{split}_acc"],
+    } for r in history]
+
+
+def _slope(values: list[float]) -> float:
+    """Mean change per epoch over the last WINDOW epochs (0 for a single value)."""
+    tail = values[-(WINDOW + 1):]
+    return (tail[-1] - tail[0]) / (len(tail) - 1) if len(tail) > 1 else 0.0
+
+
+def analyse(history: list[dict[str, Any]], split: str = "test") -> dict[str, Any]:
+    """Trends, best epoch, gap and its growth, a verdict and a quoted answer to question 6."""
+    if not history:
+        raise ValueError("analyse needs at least one epoch of metrics")
+    table = accuracy_table(history, split)
+    test = [r["test_acc"] for r in table]
+    train = [r["train_acc"] for r in table]
+    gaps = [r["gap"] for r in table]
+    best = max(range(len(test)), key=lambda i: (test[i], -i))
+    n = len(table)
+    facts = {
+        "epochs": n,
+        "first_test_acc": test[0], "final_test_acc": test[-1],
+        "best_test_acc": test[best], "best_epoch": table[best]["epoch"],
+        "final_train_acc": train[-1],
+        "train_acc_slope": _slope(train), "test_acc_slope": _slope(test),
+        "train_loss_slope": _slope([r["train_loss"] for r in table]),
+        "test_loss_slope": _slope([r["test_loss"] for r in table]),
+        "final_gap": gaps[-1], "gap_growth": gaps[-1] - gaps[best], "gap_change": gaps[-1] - gaps[0],
+        "window": min(WINDOW, n - 1),
+    }
+    facts["verdict"] = verdict(facts, n)
+    facts["answer"] = answer(facts)
+    facts["table"] = table
+    return facts
+
+
+def verdict(f: dict[str, Any], n: int) -> str:
+    dropped = f["best_test_acc"] - f["final_test_acc"] > DROP_TOL
+    if n >= 2 and f["best_epoch"] < n and dropped and f["gap_growth"] > DROP_TOL:
+        return "over-fitting"
+    if f["final_train_acc"] < UNDERFIT_TRAIN_ACC:
+        return "under-fitting"
+    if n >= 2 and f["test_acc_slope"] > PLATEAU_SLOPE:
+        return "still improving"
+    return "plateau"
+
+
+def answer(f: dict[str, Any]) -> str:
+    """Question 6 in words, every number quoted from the metrics."""
+    w = f["window"]
+    trend = (f"Over the last {w} epoch(s) train accuracy changed by {pts(f['train_acc_slope'])}/epoch and test "
+             f"accuracy by {pts(f['test_acc_slope'])}/epoch; train loss by {f['train_loss_slope']:+.4f}/epoch, "
+             f"test loss by {f['test_loss_slope']:+.4f}/epoch.")
+    best = (f"Test accuracy went from {pct(f['first_test_acc'])} to {pct(f['final_test_acc'])}; the best was "
+            f"{pct(f['best_test_acc'])} at epoch {f['best_epoch']} of {f['epochs']}.")
+    gap = (f"The generalisation gap (train - test accuracy) is {pts(f['final_gap'])} at the end, "
+           f"{pts(f['gap_change'])} since epoch 1.")
+    v = f["verdict"]
+    if v == "over-fitting":
+        why = ("**Over-fitting: no.** Test accuracy peaked before the last epoch while the gap kept growing "
+               f"({pts(f['gap_growth'])} since the best epoch): more epochs memorise the training set. Stop at "
+               f"epoch {f['best_epoch']}, or add regularisation (augmentation, dropout, weight decay).")
+    elif v == "under-fitting":
+        why = (f"**Under-fitting: yes.** The model fits only {pct(f['final_train_acc'])} of its own training "
+               "images: more epochs (or a larger learning rate/model) will raise both curves.")
+    elif v == "still improving":
+        why = ("**Still improving: yes, a little.** Test accuracy is still rising by more than "
+               f"{PLATEAU_SLOPE:.2f} pt/epoch, so a few more epochs should help, with diminishing returns; "
+               "watch the gap, which signals over-fitting when it grows while test accuracy stalls.")
+    else:
+        why = ("**Plateau: hardly.** Test accuracy moves less than "
+               f"{PLATEAU_SLOPE:.2f} pt/epoch: the network has learned what this model and learning rate allow; "
+               "more epochs mostly widen the gap. A lower learning rate or a better model moves it further.")
+    return " ".join([why, best, trend, gap])
+
+
+def write_analysis(run_dir: str | Path, facts: dict[str, Any]) -> None:
+    """accuracy.csv and accuracy.json (question 7) and analysis.json (question 6) in `run_dir`."""
+    run_dir = Path(run_dir)
+    atomic_write(run_dir / "accuracy.csv", csv_text(facts["table"], TABLE_COLUMNS))
+    write_json(run_dir / "accuracy.json", facts["table"])
+    write_json(run_dir / "analysis.json", {k: v for k, v in facts.items() if k != "table"})

@@ -1,0 +1,34 @@
+"""`mnistlab lab`: the whole lab on real MNIST, with report.md, report.html and lab_answers.ipynb."""
+
+from __future__ import annotations
+
+import argparse
+
+from mnistlab.cli.common import add_data_options, positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lab", help="run every exercise of the lab; report, HTML and answers notebook",
+                       description="Exercise 1 (inspect, train 5 epochs, accuracy per epoch, learning-curve "
+                                   "analysis), 2 (sweep), 3 (SGD vs Adam), 4 (save/reload/classify) and the "
+                                   "notebook's quirks, then report.md, report.html and lab_answers.ipynb.")
+    p.add_argument("--quick", action="store_true", help="a small subset and few epochs (a first look, CI)")
+    p.add_argument("--out", help="directory (default runs/lab-<timestamp>)")
+    p.add_argument("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--jobs", type=positive_int, default=1, help="parallel processes for the sweep")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_data_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mnistlab.lab import lab
+
+    if args.dataset not in (None, "mnist"):
+        from mnistlab.errors import ConfigError
+
+        raise ConfigError("the lab is about MNIST; --dataset must be mnist")
+    result = lab(args.out, quick=args.quick, data_dir=args.data_dir, device=args.device, jobs=args.jobs,
+                 quiet=args.quiet)
+    print(f"lab done in {result.seconds['total']:.0f} s: {result.run_dir}")
+    return 0

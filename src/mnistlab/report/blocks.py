@@ -1,0 +1,113 @@
+"""Document blocks rendered two ways: Markdown (report.md, notebook cells) and self-contained HTML.
+
+A section is a title and a list of blocks; a block is one of
+    ("p", text)                      a paragraph (Markdown inline: **bold**, `code`)
+    ("list", [text, ...])            a bullet list
+    ("table", headers, rows)         a table (cells formatted already)
+    ("img", path, caption)           a PNG; embedded as base64 in HTML
+    ("code", text)                   a preformatted block
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+Block = tuple
+Section = tuple[str, list[Block]]
+
+
+def pct(x: float) -> str:
+    """An accuracy as the report quotes it: two decimals and a percent sign (tests match these exactly)."""
+    return f"{x:.2f}%"
+
+
+def pts(x: float) -> str:
+    """A difference of accuracies, in percentage points."""
+    return f"{x:+.2f} pt"
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    columns = list(columns or (rows[0].keys() if rows else []))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def block_md(block: Block, base: Path | None = None) -> str:
+    kind = block[0]
+    if kind == "p":
+        return block[1] + "\n"
+    if kind == "list":
+        return "".join(f"- {item}\n" for item in block[1])
+    if kind == "table":
+        return md_table(block[1], block[2])
+    if kind == "img":
+        path = Path(block[1])
+        rel = path.relative_to(base) if base is not None and path.is_relative_to(base) else path
+        return f"![{block[2]}]({rel.as_posix()})\n"
+    if kind == "code":
+        return f"```\n{block[1].rstrip()}\n```\n"
+    raise ValueError(f"unknown block kind {kind!r}")
+
+
+def section_md(section: Section, base: Path | None = None, level: int = 2) -> str:
+    title, blocks = section
+    return f"{'#' * level} {title}\n\n" + "\n".join(block_md(b, base) for b in blocks)
+
+
+def _inline(text: str) -> str:
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def block_html(block: Block) -> str:
+    kind = block[0]
+    if kind == "p":
+        return f"<p>{_inline(block[1])}</p>"
+    if kind == "list":
+        return "<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block[1]) + "</ul>"
+    if kind == "table":
+        head = "".join(f"<th>{_inline(str(h))}</th>" for h in block[1])
+        body = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>" for row in block[2])
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    if kind == "img":
+        data = base64.b64encode(Path(block[1]).read_bytes()).decode()
+        cap = _inline(block[2])
+        return f'<figure><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}"><figcaption>{cap}</figcaption></figure>'
+    if kind == "code":
+        return f"<pre>{html.escape(block[1].rstrip())}</pre>"
+    raise ValueError(f"unknown block kind {kind!r}")
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:right}
+th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.5rem;overflow:auto}
+figcaption{font-size:.9em;color:#555}"""
+
+
+def document_html(title: str, sections: Sequence[Section]) -> str:
+    """One self-contained HTML page: inline CSS, images as data: URIs, no external requests."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for name, blocks in sections:
+        parts.append(f"<section><h2>{_inline(name)}</h2>")
+        parts += [block_html(b) for b in blocks]
+        parts.append("</section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

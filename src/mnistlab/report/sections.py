@@ -1,0 +1,201 @@
+"""The lab report's content as sections of blocks (see blocks.py), built from a LabResult's numbers.
+
+Every accuracy is formatted by `pct` from a value that is also in a metrics/JSON file of the lab directory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mnistlab.report.blocks import Block, Section, pct, pts
+
+LAYER_COLUMNS = ["name", "type", "input_shape", "output_shape", "units", "activation", "kernel_size", "stride",
+                 "padding", "params"]
+
+QUESTIONS = {
+    1: "What batch size is used for training the neural network?",
+    2: "How many epochs the network is trained?",
+    3: "How many layers are there in the network?",
+    4: "Describe each layer: type, dimensions of its neurons, activation; for a convolution its filter size "
+       "and stride.",
+    5: "What method is used for optimization and describe the parameters of the algorithm.",
+    6: "Will the network improve with epoch for training, why or why not?",
+    7: "Note the accuracy after each epoch and save it.",
+}
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return "x".join(str(v) for v in value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def inspect_blocks(info: dict[str, Any]) -> list[Block]:
+    """Exercise 1, questions 1-5, from `mnistlab.inspect.inspect()` (also `mnistlab inspect --format md`)."""
+    opt = info["optimizer"]
+    return [
+        ("list", [f"Batch size: **{info['batch_size']}**", f"Epochs: **{info['epochs']}**",
+                  f"Layers with weights: **{info['weight_layers']}** (of {len(info['layers'])} layer modules)",
+                  f"Parameters: **{info['total_params']:,}**; forward FLOPs per image: "
+                  f"{info['flops_per_image']:,}"]),
+        ("table", LAYER_COLUMNS, [[cell(row[c]) for c in LAYER_COLUMNS] for row in info["layers"]]),
+        ("p", f"Optimizer: **{opt['name']}**"),
+        ("table", ["parameter", "value", "meaning"],
+         [[k, "-" if v is None else str(v), opt["meanings"].get(k, "")] for k, v in opt["params"].items()]),
+    ]
+
+
+def _q(n: int) -> Block:
+    return ("p", f"**Q{n}. {QUESTIONS[n]}**")
+
+
+def exercise1(r) -> Section:
+    info, a, cfg = r.info, r.analysis, r.config
+    d = r.run_dir / "exercise1"
+    layers = "; ".join(
+        f"{row['name']}: {row['type']} {cell(row['input_shape'])} -> {cell(row['output_shape'])}"
+        + (f", kernel {cell(row['kernel_size'])} stride {cell(row['stride'])}" if row.get("kernel_size") else "")
+        + f", activation {row['activation'] or 'none (logits)'}"
+        for row in info["layers"] if row["params"])
+    opt = info["optimizer"]
+    blocks: list[Block] = [
+        ("p", "Answers read from the objects themselves (`mnistlab inspect`): the preset, the model traced with "
+              "torch.fx on a dummy batch, and the optimizer the preset builds."),
+        ("code", info["print_model"]),
+        _q(1), ("p", f"**{info['batch_size']}** images per training step."),
+        _q(2), ("p", f"**{info['epochs']}** epochs" + ("." if cfg.epochs == info["epochs"] else
+                     f" (this quick run trains {cfg.epochs}, on the first {cfg.subset or 60000:,} training images).")),
+        _q(3), ("p", f"**{info['weight_layers']}** layers with weights (a 3x3 convolution and two fully connected "
+                     f"layers); with the flatten step, {len(info['layers'])} layer modules. "
+                     f"{info['total_params']:,} parameters."),
+        _q(4), ("p", layers + "."), inspect_blocks(info)[1],
+        _q(5), ("p", f"**{opt['name']}**, " + ", ".join(f"{k} = {v}" for k, v in opt["params"].items()
+                                                       if k in ("lr", "betas", "eps", "weight_decay", "amsgrad",
+                                                                "momentum")) + ". Loss: " + info["loss"] + "."),
+        inspect_blocks(info)[3],
+        _q(6), ("p", a["answer"] + _longer_run(r)),
+        ("img", d / "curves.png", "accuracy and loss per epoch"),
+        _q(7), ("p", f"Saved as `exercise1/accuracy.csv` and `accuracy.json` (run of {cfg.epochs} epochs on "
+                     f"{'the first ' + format(cfg.subset, ',') + ' training images' if cfg.subset else 'all 60,000 training images'}"
+                     "; test = all 10,000 test images)."),
+        ("table", ["epoch", "train acc", "test acc", "train loss", "test loss", "gap (train - test)"],
+         [[t["epoch"], pct(t["train_acc"]), pct(t["test_acc"]), f"{t['train_loss']:.4f}", f"{t['test_loss']:.4f}",
+           pts(t["gap"])] for t in a["table"]]),
+        ("p", f"Where the final model goes wrong on the test set ({r.evaluation['images'] - r.evaluation['correct']:,} "
+              "mistakes):"),
+        ("img", d / "confusion.png", "confusion matrix (rows: true class)"),
+    ]
+    if (d / "mistakes.png").exists():
+        blocks.append(("img", d / "mistakes.png", "the most confident mistakes"))
+    return "Exercise 1: reading the notebook, accuracy per epoch", blocks
+
+
+def _longer_run(r) -> str:
+    """What the sweep's continuation of the same run (same lr and batch, more epochs) measured, if any."""
+    cfg = r.config
+    rows = [x for x in (r.sweep.rows if r.sweep else []) if x["lr"] == cfg.lr and x["batch_size"] == cfg.batch_size
+            and x["epochs"] > cfg.epochs]
+    if not rows:
+        return ""
+    x = max(rows, key=lambda x: x["epochs"])
+    return (f" Checked in Exercise 2, which continued this very run to {x['epochs']} epochs: test accuracy "
+            f"{pct(x['final_test_acc'])} after epoch {x['epochs']} (best {pct(x['best_test_acc'])} at epoch "
+            f"{x['best_epoch']}), against {pct(r.analysis['final_test_acc'])} after epoch {cfg.epochs}.")
+
+
+def exercise2(r) -> Section:
+    s = r.sweep
+    rows = [[row["label"], row["epochs"], pct(row["final_test_acc"]), f"{pct(row['best_test_acc'])} (epoch "
+             f"{row['best_epoch']})", pct(row["final_train_acc"]), f"{row['seconds']:.0f}", row["source"]]
+            for row in s.rows]
+    return "Exercise 2: tuning epochs and learning rate", [
+        ("p", "A grid around the preset (`mnistlab sweep`). Learning rate and epochs are the lab's knobs; the "
+              "setting is chosen on the test set, as the lab asks (for an honest estimate, choose on a validation "
+              "split: `--val 5000`)."),
+        ("table", ["setting", "epochs", "final test acc", "best test acc", "final train acc", "seconds", "how"],
+         rows),
+        ("list", s.summary),
+        ("img", s.run_dir / "sweep.png", "test accuracy per epoch of each learning rate; dots: the grid"),
+    ]
+
+
+def exercise3(r) -> Section:
+    from mnistlab.experiments import compare_table
+
+    c = r.compare
+    headers, rows = compare_table(c)
+    keep = [0] + [i for i, h in enumerate(headers) if h.endswith("acc")]
+    configs = [f"{label}: {cfg.optimizer}(" + ", ".join(f"{k}={v}" for k, v in cfg.opt_args.items()) + ")"
+               for label, cfg in c.configs.items()]
+    return "Exercise 3: SGD against Adam", [
+        ("p", "Every optimizer starts from the same initial weights (`exercise3/initial.safetensors`) and sees the "
+              "same batches in the same order; Adam's numbers are step 1's run (Exercise 1.7), not a new one. "
+              "Changing optimizer is one constructor; the engine calls `optimizer.zero_grad()` before every "
+              "backward pass, since PyTorch accumulates gradients."),
+        ("list", configs),
+        ("table", [headers[i] for i in keep], [[row[i] for i in keep] for row in rows]),
+        ("list", c.summary),
+        ("img", c.run_dir / "compare.png", "test (solid) and train (dashed) accuracy per epoch"),
+    ]
+
+
+def exercise4(r) -> Section:
+    e = r.exercise4
+    files = [[f["format"], f"`{f['file']}`", f"{f['bytes'] / 1e6:.1f} MB", f["note"],
+              "yes" if f["fresh_object"] else "no", "yes" if f["weights_equal"] else "NO",
+              "yes" if f["probabilities_equal"] else "NO"] for f in e["formats"]]
+    samples = [[s["split"], s["index"], s["label"], s["prediction"], f"{s['probability']:.4f}"] for s in e["samples"]]
+    return "Exercise 4: saving and reloading the model", [
+        ("p", "The trained model saved three ways, each reloaded from its file into a fresh model object "
+              "(`mnistlab.load(path)`), then used to classify samples of the training and the test set."),
+        ("table", ["format", "file", "size", "what it is", "fresh object", "weights equal", "probabilities equal"],
+         files),
+        ("p", "**The pickled whole model is for trusted sources only**: unpickling runs code from the file. "
+              "mnistlab refuses it unless asked (`trust_pickle=True`, `--trust-pickle`); safetensors and the "
+              "state_dict load without running anything."),
+        ("p", "Reloaded predictions equal the originals exactly (bit-for-bit probabilities): "
+              f"**{'yes' if e['all_equal'] else 'NO'}**."),
+        ("table", ["split", "index", "label", "prediction", "probability"], samples),
+        ("img", r.run_dir / "exercise4" / "samples.png", "samples classified by the reloaded model"),
+        ("code", "import mnistlab\nloaded = mnistlab.load(\"exercise4/model.safetensors\")  # no code runs\n"
+                 "probs = loaded.probabilities(images)  # images: (N, 28, 28) in [0, 1]"),
+    ]
+
+
+def quirks(r) -> Section:
+    q = r.quirks
+    rows = [[x["epoch"], f"{x['normal_train_loss']:.4f}", f"{x['double_train_loss']:.4f}", pct(x["normal_test_acc"]),
+             pct(x["double_test_acc"])] for x in q["double_softmax"]]
+    return "The notebook's two quirks, measured", [
+        ("p", "**1. Double softmax.** The notebook's forward() ends in softmax and CrossEntropyLoss applies "
+              "log-softmax again. The probabilities fed to the loss lie in [0, 1], so the loss cannot go below "
+              f"log(1 + 9/e) = {q['softmax_floor']:.4f} and the gradients are squashed. Same start, same batches:"),
+        ("table", ["epoch", "train loss (logits)", "train loss (double softmax)", "test acc (logits)",
+                   "test acc (double softmax)"], rows),
+        ("p", "**2. Accuracy averaging.** The notebook sums per-batch percentages, assumes every batch holds "
+              f"{q['batch_size']} images and divides by the index of the last batch. On the test set "
+              f"({q['batches']} batches, the last holding {q['last_batch']} images) and the same predictions of the "
+              f"final model: notebook formula {pct(q['notebook_test_acc'])}, exact {pct(q['exact_test_acc'])} "
+              f"({pts(q['difference'])})."),
+    ]
+
+
+def overview(r) -> Section:
+    env, cfg = r.environment, r.config
+    return "About this run", [
+        ("p", f"{'Quick run (a first look: a subset and few epochs; the full lab is `mnistlab lab`)' if r.quick else 'Full lab'}"
+              f" on real MNIST. Every number below comes from the runs in this directory."),
+        ("list", [f"device: {env.get('device')} ({env.get('device_name')}), {env.get('torch_threads')} CPU threads",
+                  f"torch {env.get('torch')}, python {env.get('python')}, mnistlab {env.get('mnistlab')}",
+                  f"training images: {cfg.subset or 60000:,}; test images: 10,000; seed {cfg.seed}",
+                  "wall time of the steps before this report: "
+                  f"{sum(v for k, v in r.seconds.items() if k != 'total'):.0f} s"]),
+    ]
+
+
+def sections(r) -> list[Section]:
+    return [overview(r), exercise1(r), exercise2(r), exercise3(r), exercise4(r), quirks(r)]
