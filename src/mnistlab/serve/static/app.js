@@ -184,6 +184,13 @@ document.getElementById("upload").addEventListener("change", (e) => {
   }, "uploaded " + file.name);
 });
 
+document.getElementById("upload-label").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" || e.key === " ") {
+    e.preventDefault();
+    document.getElementById("upload").click();
+  }
+});
+
 // ---------------------------------------------------------------- model info and gallery
 async function loadModelInfo() {
   const el = document.getElementById("model-info");
