@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from mnistlab.experiments import sweep
     from mnistlab.report.blocks import pct
 
+    over = {k: v for k, v in overrides_from(args).items() if k not in ("lr", "epochs", "batch_size")}
     result = sweep(args.preset, args.lr, args.epochs, args.batch_size, jobs=args.jobs, out=args.out,
-                   data_dir=args.data_dir, quiet=args.quiet, reuse=not args.no_reuse, runs=args.reuse_run,
-                   **overrides_from(args))
+                   data_dir=args.data_dir, quiet=args.quiet, reuse=not args.no_reuse, runs=args.reuse_run, **over)
     for row in result.rows:
         print(f"{row['label']:>22}  {row['epochs']:>3} epochs  test {pct(row['final_test_acc'])}  "
               f"best {pct(row['best_test_acc'])} (epoch {row['best_epoch']})  {row['seconds']:.0f}s  {row['source']}")

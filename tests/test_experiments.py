@@ -1,0 +1,106 @@
+"""compare (same start for every optimizer) and sweep (reuse of longer runs, parallel jobs) on real MNIST."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mnistlab.checkpoints import read_safetensors
+from mnistlab.errors import ConfigError
+from mnistlab.experiments import compare, parse_optimizers, parse_scoped_opts, sweep
+from mnistlab.presets import Config, resolve
+from mnistlab.runs import read_json, read_metrics
+from mnistlab.training import init_weights, train
+
+KEYS = ["train_loss", "train_acc", "test_loss", "test_acc"]
+
+
+def mnistlab(*args):
+    return subprocess.run([sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True)
+
+
+def numbers(history):
+    return [[row[k] for k in KEYS] for row in history]
+
+
+def test_compare_starts_every_optimizer_from_the_same_weights(mnist_dir, tmp_path):
+    out = tmp_path / "cmp"
+    r = mnistlab("compare", "--optimizers", "adam,sgd", "--opt", "sgd:lr=0.05", "--epochs", "1", "--subset",
+                 "300", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "adam vs sgd" in r.stdout
+    initial, _ = read_safetensors(out / "initial.safetensors")
+    for label in ("adam", "sgd"):
+        cfg = Config.from_dict(read_json(out / label / "config.json"))
+        assert torch.equal(initial["d1.weight"], init_weights(cfg)["d1.weight"])
+    sgd = read_json(out / "sgd" / "config.json")
+    assert sgd["optimizer"] == "SGD" and sgd["opt_args"] == {"lr": 0.05, "momentum": 0.9}  # default + override
+    # Training Adam again from the saved initial state reproduces the comparison's numbers exactly.
+    cfg = Config.from_dict(read_json(out / "adam" / "config.json"))
+    again = train(config=cfg, init_state=initial, data_dir=mnist_dir, quiet=True, write_run=False)
+    assert numbers(again.history) == numbers(read_metrics(out / "adam"))
+    # ...while another start would not.
+    other = {k: v + 0.01 if k == "d2.bias" else v for k, v in initial.items()}
+    moved = train(config=cfg, init_state=other, data_dir=mnist_dir, quiet=True, write_run=False)
+    assert numbers(moved.history) != numbers(again.history)
+    table = list(csv.DictReader((out / "compare.csv").open()))
+    assert float(table[0]["sgd_test_acc"]) == read_metrics(out / "sgd")[0]["test_acc"]
+    assert (out / "compare.png").stat().st_size > 0
+    verdict = json.loads((out / "compare.json").read_text())["verdict"]["pairs"][0]
+    assert verdict["ahead"][0] in ("adam", "sgd")
+
+
+def test_compare_defaults_and_errors():
+    base = resolve("notebook")
+    assert parse_optimizers("adam,sgd,plain=sgd") == [("adam", "Adam"), ("sgd", "SGD"), ("plain", "SGD")]
+    assert parse_scoped_opts(["sgd:lr=0.01", "sgd:nesterov=true"]) == {"sgd": {"lr": 0.01, "nesterov": True}}
+    with pytest.raises(ConfigError, match="at least two"):
+        parse_optimizers("adam")
+    with pytest.raises(ConfigError, match="OPTIMIZER:KEY=VALUE"):
+        parse_scoped_opts(["lr=0.01"])
+    with pytest.raises(ConfigError, match="not among"):
+        compare(config=base, optimizers="adam,sgd", opts={"rmsprop": {"lr": 1.0}})
+    r = mnistlab("compare", "--optimizers", "adam,adamm")
+    assert r.returncode == 2 and "unknown optimizer 'adamm'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sweep_reuse_equals_training_the_shorter_setting(mnist_dir, tmp_path):
+    common = dict(subset=300, device="cpu", seed=3, data_dir=mnist_dir, quiet=True)
+    s = sweep("notebook", lrs=[1e-3], epochs=[1, 2], out=tmp_path / "sweep", **common)
+    assert len(s.rows) == 2 and len(list((tmp_path / "sweep").glob("lr*"))) == 1  # one run served both
+    assert any("serves epochs 1, 2" in n for n in s.notes)
+    short = train("notebook", epochs=1, write_run=False, **{k: v for k, v in common.items()})
+    row = next(r for r in s.rows if r["epochs"] == 1)
+    assert row["final_test_acc"] == short.history[0]["test_acc"]
+    assert row["final_train_acc"] == short.history[0]["train_acc"]
+    assert row["source"].startswith("epochs 1-1 of the 2-epoch run")
+    # An existing 1-epoch run of the same setting is resumed to 2 epochs: the same numbers as training 2.
+    first = train("notebook", epochs=1, out=tmp_path / "one", **common)
+    resumed = sweep("notebook", lrs=[1e-3], epochs=[2], out=tmp_path / "resumed", runs=[first.run_dir], **common)
+    assert resumed.rows[0]["source"].startswith("resumed")
+    trained = s.curves["lr=0.001 batch=32"]
+    assert numbers(read_metrics(tmp_path / "resumed" / "lr0.001-b32-e2")) == numbers(trained)
+    assert resumed.preset_row is None and "not in the grid" in resumed.summary[-1]
+
+
+def test_sweep_cli_parallel_jobs(mnist_dir, tmp_path):
+    out = tmp_path / "grid"
+    r = mnistlab("sweep", "--lr", "1e-3,3e-3", "--epochs", "1", "--subset", "200", "--jobs", "2", "--device",
+                 "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "2 runs in 2 parallel processes, 1 CPU thread(s) each" in r.stdout
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [float(x["lr"]) for x in rows] == [0.001, 0.003]
+    for x in rows:
+        run = out / f"lr{float(x['lr']):g}-b32-e1"
+        assert float(x["final_test_acc"]) == read_metrics(run)[0]["test_acc"]
+    best = json.loads((out / "sweep.json").read_text())["best"]
+    assert best["final_test_acc"] == max(float(x["final_test_acc"]) for x in rows)
+    assert "best: " in r.stdout and (out / "sweep.png").exists()
+    bad = mnistlab("sweep", "--lr", "1e-3,fast")
+    assert bad.returncode == 2 and "expected a positive number" in bad.stderr

@@ -1,0 +1,131 @@
+"""`mnistlab lab --quick` end to end on real MNIST: artifacts, notebook, report numbers, HTML, reloads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from mnistlab.errors import UnsafeFileError
+from mnistlab.predict import load_model
+from mnistlab.runs import read_metrics
+
+ARTIFACTS = [
+    "report.md", "report.html", "lab_answers.ipynb", "summary.json",
+    "exercise1/inspect.json", "exercise1/metrics.csv", "exercise1/initial.safetensors", "exercise1/model.safetensors",
+    "exercise1/accuracy.csv", "exercise1/accuracy.json", "exercise1/analysis.json", "exercise1/curves.png",
+    "exercise1/confusion.png", "exercise1/mistakes.png",
+    "exercise2/sweep.csv", "exercise2/sweep.json", "exercise2/sweep.png",
+    "exercise3/compare.csv", "exercise3/compare.md", "exercise3/compare.png", "exercise3/initial.safetensors",
+    "exercise3/adam/metrics.csv", "exercise3/sgd/metrics.csv", "exercise3/plain-sgd/metrics.csv",
+    "exercise4/model.safetensors", "exercise4/model_state_dict.pt", "exercise4/model_pickled.pt",
+    "exercise4/exercise4.json", "exercise4/samples.png",
+    "quirks/quirks.json", "quirks/double-softmax/metrics.csv",
+]
+
+
+@pytest.fixture(scope="module")
+def lab_run(mnist_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("lab") / "lab"
+    r = subprocess.run([sys.executable, "-m", "mnistlab", "lab", "--quick", "--out", str(out), "--data-dir",
+                        str(mnist_dir), "--device", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def test_every_artifact_and_the_terminal_output(lab_run):
+    out, r = lab_run
+    missing = [a for a in ARTIFACTS if not (out / a).is_file() or (out / a).stat().st_size == 0]
+    assert not missing
+    for i in range(1, 8):
+        assert f"[lab {i}/7]" in r.stdout
+    assert "lab answers (quick run)" in r.stdout and "E4 reloaded = original" in r.stdout
+
+
+def test_notebook_validates_and_answers_every_exercise(lab_run):
+    out, _ = lab_run
+    nb = nbformat.read(out / "lab_answers.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for title in ("Exercise 1", "Exercise 2", "Exercise 3", "Exercise 4"):
+        assert title in markdown
+    assert "Will the network improve with epoch" in markdown
+    for call in ("mnistlab.inspect(", "mnistlab.train(", "mnistlab.sweep(", "mnistlab.compare(", "mnistlab.load("):
+        assert call in code
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            compile(cell.source, "cell", "exec")  # valid Python
+
+
+def _quoted(values) -> set[str]:
+    return {f"{v:.2f}%" for v in values}
+
+
+def test_every_accuracy_in_the_report_comes_from_a_metrics_file(lab_run):
+    out, _ = lab_run
+    report = (out / "report.md").read_text()
+    known: set[str] = set()
+    for path in out.rglob("metrics.jsonl"):
+        known |= _quoted(v for row in read_metrics(path.parent) for k, v in row.items() if k.endswith("_acc"))
+    for row in csv.DictReader((out / "exercise2/sweep.csv").open()):
+        known |= _quoted(float(row[k]) for k in ("final_test_acc", "best_test_acc", "final_train_acc"))
+    quirks = json.loads((out / "quirks/quirks.json").read_text())
+    known |= _quoted([quirks["exact_test_acc"], quirks["notebook_test_acc"]])
+    quoted = re.findall(r"\d+\.\d+%", report)
+    assert len(quoted) > 20
+    assert set(quoted) <= known
+    # The question-7 table is exactly exercise1/metrics: one row per epoch, train and test accuracy.
+    m = read_metrics(out / "exercise1")
+    for row in m:
+        assert f"| {row['epoch']} | {row['train_acc']:.2f}% | {row['test_acc']:.2f}% |" in report
+    # Exercise 3: Adam's numbers are step 1's, not a new run.
+    assert read_metrics(out / "exercise3/adam") == m
+
+
+def test_html_is_self_contained_with_tables_and_images(lab_run):
+    out, _ = lab_run
+    page = (out / "report.html").read_text()
+    assert page.count("<table>") >= 8
+    images = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", (out / "report.md").read_text())
+    assert len(images) == len(figures) >= 6 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert all((out / f).is_file() for f in figures)  # report.md's relative links resolve
+    assert "http://" not in page and "https://" not in page
+    assert "TRUSTED SOURCES ONLY" in page
+
+
+def test_reloaded_predictions_equal_the_originals(lab_run, mnist_dir):
+    out, _ = lab_run
+    ex4 = json.loads((out / "exercise4/exercise4.json").read_text())
+    assert ex4["all_equal"] and {f["format"] for f in ex4["formats"]} == {"safetensors", "state_dict", "pickle"}
+    assert all(f["probabilities_equal"] and f["fresh_object"] for f in ex4["formats"])
+    # Independently: every saved file gives the trained run's exact probabilities.
+    images = torch.rand(16, 28, 28, generator=torch.Generator().manual_seed(0))
+    original = load_model(out / "exercise1/model.safetensors").probabilities(images)
+    for name in ("model.safetensors", "model_state_dict.pt"):
+        assert torch.equal(load_model(out / "exercise4" / name).probabilities(images), original)
+    with pytest.raises(UnsafeFileError):
+        load_model(out / "exercise4/model_pickled.pt")
+    trusted = load_model(out / "exercise4/model_pickled.pt", trust_pickle=True)
+    assert torch.equal(trusted.probabilities(images), original)
+    for s in ex4["samples"]:
+        assert s["prediction"] in range(10) and 0 < s["probability"] <= 1
+
+
+def test_quirks_are_measured(lab_run):
+    out, _ = lab_run
+    q = json.loads((out / "quirks/quirks.json").read_text())
+    assert q["double_softmax"][0]["double_train_loss"] > q["softmax_floor"] > 1.46
+    assert q["double_softmax"][0]["double_train_loss"] > q["double_softmax"][0]["normal_train_loss"]
+    assert q["batches"] == 313 and q["last_batch"] == 16
+    # sum of per-batch percentages of full batches / 312 = correct / 9984 instead of correct / 10000
+    assert q["notebook_test_acc"] == pytest.approx(q["exact_test_acc"] * 10000 / 9984)
