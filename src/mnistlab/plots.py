@@ -157,12 +157,7 @@ def compare_plot(histories: dict[str, Sequence[dict[str, Any]]], out: str | Path
         ep = _epochs(history)
         ax.plot(ep, [r["test_acc"] for r in history], "o-", color=color, label=f"{label} test")
         ax.plot(ep, [r["train_acc"] for r in history], "--", color=color, alpha=0.7, label=f"{label} train")
-    ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title or "optimizers from the same initial weights")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    return _savefig(fig, out)
+    return _epoch_axes(fig, ax, out, "accuracy (%)", title or "optimizers from the same initial weights")
 
 
 def sweep_plot(curves: dict[str, Sequence[dict[str, Any]]], points: Sequence[dict[str, Any]], out: str | Path,
@@ -175,7 +170,12 @@ def sweep_plot(curves: dict[str, Sequence[dict[str, Any]]], points: Sequence[dic
         ax.plot(_epochs(history), [r["test_acc"] for r in history], "-", color=colors[label], label=label)
     for p in points:
         ax.plot(p["epochs"], p["final_test_acc"], "o", color=colors.get(p["label"], "k"), markersize=7)
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=title or "sweep: test accuracy per epoch")
+    return _epoch_axes(fig, ax, out, "test accuracy (%)", title or "sweep: test accuracy per epoch")
+
+
+def _epoch_axes(fig: Figure, ax: Any, out: str | Path, ylabel: str, title: str) -> Path:
+    """Label, grid and legend an accuracy-per-epoch axis (integer epochs), then save the figure."""
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.xaxis.get_major_locator().set_params(integer=True)
