@@ -153,6 +153,20 @@ def test_a_rank_failing_alone_stops_every_rank(tmp_path, mnist_dir):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.gpu
+def test_nccl_one_rank_per_gpu(tmp_path, mnist_dir):
+    """On CUDA the backend is nccl with one rank per GPU; more ranks than GPUs is a clear error."""
+    r = mnistlab_train("--subset", "2000", "--epochs", "1", "--batch-size", "64", "--device", "cuda",
+                       "--data-dir", str(mnist_dir), "--out", "run", cwd=tmp_path)
+    if torch.cuda.device_count() < 2:
+        assert r.returncode != 0 and "2 ranks on this node but 1 CUDA GPU(s)" in r.stderr
+        return
+    assert r.returncode == 0, r.stderr[-3000:]
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert env["world_size"] == 2 and env["backend"] == "nccl" and env["device"] == "cuda:0"
+    assert rows(tmp_path / "run")[0]["test_n"] == 10_000
+
+
 # ---------------------------------------------------------------- in-process units
 def _loaders(n: int, batch: int, world: int, **kw) -> list[DeviceLoader]:
     images = torch.zeros(n, 28, 28, dtype=torch.uint8)
