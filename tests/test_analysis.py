@@ -51,8 +51,15 @@ def test_still_improving_quotes_the_trend():
 
 
 def test_a_small_dip_is_not_over_fitting():
-    facts = analyse(series([99.0, 99.3, 99.5], [98.50, 98.55, 98.53]))
+    facts = analyse(series([99.0, 99.3, 99.5], [98.50, 98.62, 98.52]))  # 0.10 pt: within noise
     assert facts["verdict"] == "plateau"
+
+
+def test_rising_test_loss_at_flat_accuracy_is_over_fitting():
+    facts = analyse(series([98.5, 99.2, 99.6, 99.8], [98.4, 98.5, 98.5, 98.45],
+                           train_loss=[0.2, 0.08, 0.04, 0.02], test_loss=[0.05, 0.045, 0.05, 0.06]))
+    assert facts["verdict"] == "over-fitting"
+    assert facts["min_test_loss_epoch"] == 2 and "lowest at epoch 2 (0.0450)" in facts["answer"]
 
 
 def test_one_epoch_and_empty():

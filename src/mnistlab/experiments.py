@@ -38,8 +38,8 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "Adagrad": {"lr": 0.01},
 }
 DEFAULT_WHY = {
-    "SGD": "plain SGD at Adam's lr 1e-3 barely moves in a few epochs (its steps are the raw gradient times lr, "
-           "with no per-weight scaling)",
+    "SGD": "plain SGD at Adam's lr 1e-3 learns far more slowly (its step is the raw gradient times lr, with no "
+           "per-weight scaling and no momentum; on small runs it barely moves)",
     "Adadelta": "Adadelta is designed for lr 1.0 (pytorch/examples uses it)",
     "Adagrad": "Adagrad's accumulated squared gradients shrink its steps quickly",
 }
