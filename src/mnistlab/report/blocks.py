@@ -76,6 +76,14 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
 
 
+NUMBER = re.compile(r"^[-+]?[\d.,]+(e-?\d+)?(%| pt| MB)?$")
+
+
+def _td(value: Any) -> str:
+    text = str(value)
+    return f"<td class='n'>{_inline(text)}</td>" if NUMBER.match(text) else f"<td>{_inline(text)}</td>"
+
+
 def block_html(block: Block) -> str:
     kind = block[0]
     if kind == "p":
@@ -84,7 +92,7 @@ def block_html(block: Block) -> str:
         return "<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block[1]) + "</ul>"
     if kind == "table":
         head = "".join(f"<th>{_inline(str(h))}</th>" for h in block[1])
-        body = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>" for row in block[2])
+        body = "".join("<tr>" + "".join(_td(c) for c in row) + "</tr>" for row in block[2])
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     if kind == "img":
         data = base64.b64encode(Path(block[1]).read_bytes()).decode()
@@ -96,8 +104,9 @@ def block_html(block: Block) -> str:
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:right}
-th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;padding:.5rem;overflow:auto}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}img{max-width:min(100%,48rem)}
+pre{background:#f6f6f6;padding:.5rem;overflow:auto}
 figcaption{font-size:.9em;color:#555}"""
 
 
