@@ -229,12 +229,11 @@ def read_model(path: str | Path, trust_pickle: bool = False) -> tuple[nn.Module,
         return load_torchscript(path)
     try:
         obj = load_checkpoint(path)
-        trusted = False
     except UnsafeFileError:
         if not trust_pickle:
             raise
-        obj, trusted = _load_trusted(path), True
-    return _model_of(obj, path, trusted)
+        obj = _load_trusted(path)
+    return _model_of(obj, path)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -255,7 +254,7 @@ def _load_trusted(path: Path) -> Any:
         raise MnistlabError(f"{path}: cannot be unpickled ({type(e).__name__}: {_first_line(e)})") from None
 
 
-def _model_of(obj: Any, path: Path, trusted: bool) -> tuple[nn.Module, dict[str, Any], str]:
+def _model_of(obj: Any, path: Path) -> tuple[nn.Module, dict[str, Any], str]:
     """Interpret what torch.load returned: our dicts, a plain state_dict, or (trusted) a whole model."""
     if isinstance(obj, nn.Module):
         meta = dict(getattr(obj, PICKLE_ATTR, None) or {"model": type(obj).__name__})
@@ -271,8 +270,7 @@ def _model_of(obj: Any, path: Path, trusted: bool) -> tuple[nn.Module, dict[str,
         return model_from(obj["model"], obj["meta"]), meta, "checkpoint"
     state = _plain_state(obj)
     if state is None:
-        kind = "a whole model" if trusted else f"a {type(obj).__name__}"
-        raise MnistlabError(f"{path}: holds {kind}, not model weights mnistlab can rebuild")
+        raise MnistlabError(f"{path}: holds a {type(obj).__name__}, not model weights mnistlab can rebuild")
     meta = guess_model(state, path)
     return model_from(state, meta), meta, "state_dict"
 

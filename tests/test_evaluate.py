@@ -1,0 +1,67 @@
+"""`mnistlab evaluate`: accuracy, per-class accuracy, confusion matrix and the worst mistakes of a saved model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from mnistlab.checkpoints import save_model
+from mnistlab.cli import main
+from mnistlab.data import load_split
+from mnistlab.evaluation import confusion_matrix, evaluate_model
+from mnistlab.plots import confusion_plot, mistakes_plot
+from mnistlab.predict import load_model
+from mnistlab.runs import read_metrics
+
+
+def test_confusion_matrix_counts_true_rows_and_predicted_columns():
+    cm = confusion_matrix(torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([0, 1, 1, 2, 0, 2]), classes=3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_evaluate_a_run(trained_run, mnist_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--model", str(trained_run), "--out", str(out), "--data-dir", str(mnist_dir)])
+    text = capsys.readouterr().out
+    assert code == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    # the same model scored during training on the same 10,000 images (fp32 CPU both times)
+    assert result["accuracy"] == pytest.approx(read_metrics(trained_run)[-1]["test_acc"], abs=0.05)
+    assert f"test accuracy {result['accuracy']:.2f}% ({result['correct']:,}/10,000)" in text
+    cm = torch.tensor(result["confusion"])
+    labels = load_split("mnist", "test", mnist_dir)[1]
+    assert cm.shape == (10, 10) and cm.sum() == 10_000 and cm.diag().sum() == result["correct"]
+    assert cm.sum(1).tolist() == torch.bincount(labels, minlength=10).tolist()  # 980 zeros, 1135 ones, ...
+    for c, row in enumerate(result["per_class"]):
+        assert row["images"] == int(cm[c].sum()) and row["accuracy"] == pytest.approx(100 * cm[c, c] / cm[c].sum())
+    mistakes = result["mistakes"]
+    assert len(mistakes) == 24 and all(m["prediction"] != m["label"] for m in mistakes)
+    assert all(labels[m["index"]] == m["label"] for m in mistakes)
+    confidences = [m["confidence"] for m in mistakes]
+    assert confidences == sorted(confidences, reverse=True) and confidences[0] > 0.5
+    for name in ("confusion.png", "mistakes.png"):
+        assert Image.open(out / name).format == "PNG" and str(out / name) in text
+
+
+def test_evaluate_default_out_dir_and_other_formats(trained_run, mnist_dir, tmp_path):
+    loaded = load_model(trained_run)
+    model_file = save_model(loaded.model, tmp_path / "digits.pt", loaded.meta)
+    code = main(["evaluate", "--model", str(model_file), "--worst", "5", "--format", "json",
+                 "--data-dir", str(mnist_dir)])
+    assert code == 0
+    result = json.loads((tmp_path / "digits-evaluation" / "evaluation.json").read_text())
+    assert len(result["mistakes"]) == 5 and result["format"] == "state_dict"
+    again = evaluate_model(loaded, data_dir=mnist_dir)  # no out: numbers only, no files
+    assert again["confusion"] == result["confusion"] and again["files"] == {}
+
+
+def test_plots_are_reusable(tmp_path):
+    cm = torch.randint(0, 50, (10, 10))
+    assert confusion_plot(cm, tmp_path / "cm.png").exists()
+    assert confusion_plot(cm[:3, :3].numpy(), tmp_path / "cm3.png", class_names=["cat", "dog", "eel"]).exists()
+    images = torch.rand(5, 28, 28)
+    out = mistakes_plot(images, [1, 2, 3, 4, 5], [7, 7, 7, 7, 7], [0.9, 0.8, 0.7, 0.6, 0.5], tmp_path / "m.png")
+    assert Image.open(out).size[0] > 100
