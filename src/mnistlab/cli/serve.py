@@ -85,7 +85,6 @@ def run(args: argparse.Namespace) -> int:
                             "pip install 'mnistlab[serve]'") from None
     import torch
 
-    torch.set_num_threads(args.threads)
     loaded = load(args.model, args.trust_pickle)
     check_listen(args.host, args.port)
     app = create_app(loaded, data_dir=args.data_dir)
@@ -93,5 +92,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: listening on {args.host}: other machines can reach this server", flush=True)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {loaded.name} from {loaded.path} at http://{shown}:{args.port}/  (Ctrl+C stops)", flush=True)
+    torch.set_num_threads(args.threads)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
