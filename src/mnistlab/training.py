@@ -178,7 +178,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
             if not env.active:  # DDP ranks reseed every epoch (distributed.RankSeed)
                 set_rng_state(ckpt["rng"])
             history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
-    except MnistlabError as e:
+    except Exception as e:  # noqa: BLE001 - re-raised by agree, after telling the other ranks
         error = e
     distributed.agree(env, error)
     if resume is not None and not distributed.same_everywhere(
