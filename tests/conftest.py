@@ -34,6 +34,22 @@ def trained_run(mnist_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def cli(capsys):
+    """`cli("predict", "--index", "0")`: the `mnistlab` command run in this process -> (exit code, stdout, stderr)."""
+    from mnistlab.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
 # --- GPU-only tests (issue 7) ---------------------------------------------------------------------------------
 def pytest_collection_modifyitems(config, items):
     """Tests marked @pytest.mark.gpu need CUDA: without it they are skipped (the only skip allowed in CI)."""

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from mnistlab.checkpoints import FORMATS, format_for, load_checkpoint, save_checkpoint, save_model
-from mnistlab.cli import main
 from mnistlab.data import load_split
 from mnistlab.errors import ConfigError, MnistlabError, UnsafeFileError
 from mnistlab.models import build_model
@@ -26,16 +25,6 @@ EXT = {"safetensors": ".safetensors", "state_dict": ".pt", "checkpoint": ".ckpt"
 def mnistlab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real command in a new process."""
     return subprocess.run([sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True, cwd=cwd)
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """The command's code path in this process (faster): (exit code, stdout, stderr)."""
-    try:
-        code = main(list(args))
-    except SystemExit as e:  # argparse's usage errors
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +92,7 @@ def test_run_directory_and_latest_run(trained_run, tmp_path, monkeypatch):
     ("truncated.safetensors", "not a readable safetensors file"),
     ("garbage.onnx", "not a readable ONNX model"),
 ])
-def test_broken_model_files_are_one_line_errors(bad, message, tmp_path, capsys):
+def test_broken_model_files_are_one_line_errors(bad, message, tmp_path, cli):
     path = tmp_path / bad
     if bad.startswith("empty"):
         path.write_bytes(b"")
@@ -114,7 +103,7 @@ def test_broken_model_files_are_one_line_errors(bad, message, tmp_path, capsys):
         path.write_text("hello, I am not a model\n" * 10)
     with pytest.raises(MnistlabError, match=message):
         load_model(path)
-    code, _, err = cli(capsys, "predict", "--model", str(path), "--index", "0")
+    code, _, err = cli("predict", "--model", str(path), "--index", "0")
     assert code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
 
 
@@ -184,10 +173,10 @@ def test_planted_pickle_is_refused_by_the_python_api(kind, planted):
     ["export", "--format", "safetensors", "--out", "out.safetensors"],
 ])
 @pytest.mark.parametrize("kind", ["torch.pt", "run"])
-def test_planted_pickle_is_refused_by_every_command(command, kind, planted, tmp_path, capsys, monkeypatch):
+def test_planted_pickle_is_refused_by_every_command(command, kind, planted, tmp_path, cli, monkeypatch):
     marker, files = planted
     monkeypatch.chdir(tmp_path)
-    code, _, err = cli(capsys, *command, "--model", str(files[kind]))
+    code, _, err = cli(*command, "--model", str(files[kind]))
     assert code == 2 and err.startswith("error: ") and "refusing to load a pickled Python object" in err
     assert len(err.strip().splitlines()) == 1
     assert not marker.exists() and not list(tmp_path.glob("out.*"))
@@ -203,7 +192,7 @@ def test_planted_pickle_refused_by_real_processes_and_resume(planted, tmp_path):
     assert not marker.exists()
 
 
-def test_trust_pickle_really_unpickles(planted, reference, tmp_path, capsys):
+def test_trust_pickle_really_unpickles(planted, reference, tmp_path, cli):
     """The control: the payload is live (trusting it runs it), and a trusted whole model loads."""
     marker, files = planted
     with pytest.raises(MnistlabError, match="holds a dict, not model weights"):
@@ -213,9 +202,9 @@ def test_trust_pickle_really_unpickles(planted, reference, tmp_path, capsys):
     whole = tmp_path / "whole.pt"
     with open(whole, "wb") as f:
         torch.save(loaded.model, f)  # the PyTorch tutorial's torch.save(model), no mnistlab metadata
-    code, _, err = cli(capsys, "predict", "--model", str(whole), "--index", "0", "--format", "json")
+    code, _, err = cli("predict", "--model", str(whole), "--index", "0", "--format", "json")
     assert code == 2 and "--trust-pickle" in err
-    code, out, err = cli(capsys, "predict", "--model", str(whole), "--index", "0", "--format", "json",
+    code, out, err = cli("predict", "--model", str(whole), "--index", "0", "--format", "json",
                          "--trust-pickle")
     assert code == 0, err
     assert json.loads(out)[0]["prediction"] == 7  # test image 0 is a 7

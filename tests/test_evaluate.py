@@ -9,7 +9,6 @@ import torch
 from PIL import Image
 
 from mnistlab.checkpoints import save_model
-from mnistlab.cli import main
 from mnistlab.data import load_split
 from mnistlab.evaluation import confusion_matrix, evaluate_model
 from mnistlab.plots import confusion_plot, mistakes_plot
@@ -22,10 +21,9 @@ def test_confusion_matrix_counts_true_rows_and_predicted_columns():
     assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
 
 
-def test_evaluate_a_run(trained_run, mnist_dir, tmp_path, capsys):
+def test_evaluate_a_run(trained_run, mnist_dir, tmp_path, cli):
     out = tmp_path / "eval"
-    code = main(["evaluate", "--model", str(trained_run), "--out", str(out), "--data-dir", str(mnist_dir)])
-    text = capsys.readouterr().out
+    code, text, _ = cli("evaluate", "--model", str(trained_run), "--out", str(out), "--data-dir", str(mnist_dir))
     assert code == 0
     result = json.loads((out / "evaluation.json").read_text())
     # the same model scored during training on the same 10,000 images (fp32 CPU both times)
@@ -46,13 +44,14 @@ def test_evaluate_a_run(trained_run, mnist_dir, tmp_path, capsys):
         assert Image.open(out / name).format == "PNG" and str(out / name) in text
 
 
-def test_evaluate_default_out_dir_and_other_formats(trained_run, mnist_dir, tmp_path):
+def test_evaluate_default_out_dir_and_other_formats(trained_run, mnist_dir, tmp_path, cli):
     loaded = load_model(trained_run)
     model_file = save_model(loaded.model, tmp_path / "digits.pt", loaded.meta)
-    code = main(["evaluate", "--model", str(model_file), "--worst", "5", "--format", "json",
-                 "--data-dir", str(mnist_dir)])
+    code, out, _ = cli("evaluate", "--model", str(model_file), "--worst", "5", "--format", "json",
+                       "--data-dir", str(mnist_dir))
     assert code == 0
     result = json.loads((tmp_path / "digits-evaluation" / "evaluation.json").read_text())
+    assert json.loads(out) == result
     assert len(result["mistakes"]) == 5 and result["format"] == "state_dict"
     again = evaluate_model(loaded, data_dir=mnist_dir)  # no out: numbers only, no files
     assert again["confusion"] == result["confusion"] and again["files"] == {}

@@ -13,7 +13,6 @@ import torch
 
 import mnistlab.export
 from mnistlab.checkpoints import save_model
-from mnistlab.cli import main
 from mnistlab.data import load_split
 from mnistlab.errors import MnistlabError
 from mnistlab.export import export_model
@@ -44,11 +43,10 @@ def ort_logits(path, pixels: torch.Tensor) -> np.ndarray:
     return session.run(["logits"], {"pixels": pixels.numpy()})[0]
 
 
-def test_onnx_export_is_checked_against_pytorch(trained_run, mnist_dir, pixels, tmp_path, capsys):
+def test_onnx_export_is_checked_against_pytorch(trained_run, mnist_dir, pixels, tmp_path, cli):
     out = tmp_path / "digits.onnx"
-    code = main(["export", "--model", str(trained_run), "--format", "onnx", "--out", str(out),
-                 "--data-dir", str(mnist_dir)])
-    text = capsys.readouterr().out
+    code, text, _ = cli("export", "--model", str(trained_run), "--format", "onnx", "--out", str(out),
+                        "--data-dir", str(mnist_dir))
     assert code == 0
     assert "argmax identical on 1,000/1,000" in text and "normalisation baked in" in text
     diff = float(re.search(r"max abs probability difference ([0-9.e+-]+)", text).group(1))
@@ -64,15 +62,15 @@ def test_onnx_export_is_checked_against_pytorch(trained_run, mnist_dir, pixels, 
     assert ort_logits(out, pixels[:7]).shape == (7, 10)  # the batch dimension is dynamic
 
 
-def test_normalisation_is_baked_into_exported_graphs(normalised_model, mnist_dir, pixels, tmp_path, capsys):
+def test_normalisation_is_baked_into_exported_graphs(normalised_model, mnist_dir, pixels, tmp_path, cli):
     model, path = normalised_model
     mean, std = MNIST_MEAN_STD
     with torch.no_grad():
         ref = model((pixels - mean) / std)
     onnx_out, ts_out = tmp_path / "lenet.onnx", tmp_path / "lenet.ts"
-    assert main(["export", "--model", str(path), "--out", str(onnx_out), "--data-dir", str(mnist_dir)]) == 0
-    assert main(["export", "--model", str(path), "--out", str(ts_out)]) == 0  # format from the extension
-    assert "1,000/1,000" in capsys.readouterr().out
+    code, text, _ = cli("export", "--model", str(path), "--out", str(onnx_out), "--data-dir", str(mnist_dir))
+    assert code == 0 and "1,000/1,000" in text
+    assert cli("export", "--model", str(path), "--out", str(ts_out))[0] == 0  # format from the extension
     assert np.abs(ort_logits(onnx_out, pixels) - ref.numpy()).max() < 1e-4  # fed raw [0, 1] pixels
     with torch.no_grad():
         scripted = torch.jit.load(str(ts_out))(pixels)
@@ -88,13 +86,11 @@ def test_a_failed_onnx_check_writes_nothing(normalised_model, mnist_dir, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
-def test_export_refusals_are_one_line(normalised_model, tmp_path, capsys):
+def test_export_refusals_are_one_line(normalised_model, tmp_path, cli):
     _, path = normalised_model
     graph = tmp_path / "lenet.ts"
-    assert main(["export", "--model", str(path), "--format", "torchscript", "--out", str(graph)]) == 0
-    capsys.readouterr()
-    assert main(["export", "--model", str(graph), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 2
-    assert "already an exported graph" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["export", "--model", str(path), "--format", "h5", "--out", str(tmp_path / "x.h5")])
-    assert "invalid choice: 'h5'" in capsys.readouterr().err
+    assert cli("export", "--model", str(path), "--format", "torchscript", "--out", str(graph))[0] == 0
+    code, _, err = cli("export", "--model", str(graph), "--format", "onnx", "--out", str(tmp_path / "x.onnx"))
+    assert code == 2 and "already an exported graph" in err
+    code, _, err = cli("export", "--model", str(path), "--format", "h5", "--out", str(tmp_path / "x.h5"))
+    assert code == 2 and "invalid choice: 'h5'" in err

@@ -12,19 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnistlab.cli import main
 from mnistlab.data import load_split
 from mnistlab.errors import InputImageError
 from mnistlab.predict import classify_images, classify_indices, load_model
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(args))
-    except SystemExit as e:  # argparse's usage errors
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -59,31 +49,31 @@ def test_classify_training_samples_after_reload(loaded, mnist_dir):
         assert r["blank"] is False and r["prediction"] == r["top_k"][0][0] and len(r["top_k"]) == 2
 
 
-def test_predict_command_table_json_and_show(trained_run, mnist_dir, tmp_path, capsys):
-    code, out, err = cli(capsys, "predict", "--model", str(trained_run), "--index", "0-2,9", "--split", "train",
+def test_predict_command_table_json_and_show(trained_run, mnist_dir, tmp_path, cli):
+    code, out, err = cli("predict", "--model", str(trained_run), "--index", "0-2,9", "--split", "train",
                          "--format", "json", "--top-k", "3", "--data-dir", str(mnist_dir))
     assert code == 0, err
     rows = json.loads(out)
     assert [r["input"] for r in rows] == [0, 1, 2, 9] and [r["label"] for r in rows] == [5, 0, 4, 4]
     assert all(set(r) >= {"input", "prediction", "probabilities", "blank", "label"} for r in rows)
     show = tmp_path / "seen.png"
-    code, out, err = cli(capsys, "predict", "--model", str(trained_run), "--index", "0,1", "--show", str(show),
+    code, out, err = cli("predict", "--model", str(trained_run), "--index", "0,1", "--show", str(show),
                          "--data-dir", str(mnist_dir))
     assert code == 0 and "test index" in out and "label" in out and str(show) in out
     assert Image.open(show).format == "PNG"
 
 
-def test_predict_needs_an_input_and_valid_indices(trained_run, capsys):
-    code, _, err = cli(capsys, "predict", "--model", str(trained_run))
+def test_predict_needs_an_input_and_valid_indices(trained_run, cli):
+    code, _, err = cli("predict", "--model", str(trained_run))
     assert code == 2 and "one of the arguments --index --image is required" in err
-    code, _, err = cli(capsys, "predict", "--model", str(trained_run), "--index", "five")
+    code, _, err = cli("predict", "--model", str(trained_run), "--index", "five")
     assert code == 2 and "expected indices like 0,5,9" in err
-    code, _, err = cli(capsys, "predict", "--model", str(trained_run), "--index", "10000")
+    code, _, err = cli("predict", "--model", str(trained_run), "--index", "10000")
     assert code == 2 and "index 10000 out of range: the test split has 10,000 images" in err
 
 
 # ---------------------------------------------------------------- own images, preprocessed like MNIST
-def test_drawn_digits_of_both_polarities_are_recognised(loaded, tmp_path, capsys):
+def test_drawn_digits_of_both_polarities_are_recognised(loaded, tmp_path, cli):
     """Black ink on white paper at 300x200, and white on black at MNIST's own 28x28."""
     seven(300, 200).save(tmp_path / "seven_300x200.png")
     zero(28, 28).save(tmp_path / "zero_28x28.png")
@@ -92,7 +82,7 @@ def test_drawn_digits_of_both_polarities_are_recognised(loaded, tmp_path, capsys
     names = ["seven_300x200.png", "zero_28x28.png", "seven_28x28.png", "zero.jpg"]
     results = classify_images(loaded, [tmp_path / n for n in names])
     assert [r["prediction"] for r in results] == [7, 0, 7, 0], [r["top_k"] for r in results]
-    code, out, _ = cli(capsys, "predict", "--model", str(loaded.path), "--image", str(tmp_path / names[0]),
+    code, out, _ = cli("predict", "--model", str(loaded.path), "--image", str(tmp_path / names[0]),
                        "--format", "json", "--show", str(tmp_path / "seen.png"))
     assert code == 0 and json.loads(out)[0]["prediction"] == 7 and (tmp_path / "seen.png").exists()
 
@@ -128,17 +118,17 @@ def _animated(path: Path) -> None:
     ("white.png", lambda: Image.new("L", (300, 200), 255), "blank"),
     ("faint.png", lambda: seven(100, 100, ink=250, paper=255), "blank"),
 ])
-def test_awkward_images_are_handled(name, make, expected, trained_run, tmp_path, capsys):
+def test_awkward_images_are_handled(name, make, expected, trained_run, tmp_path, cli):
     path = tmp_path / name
     make().save(path)
     if name == "sixteen.png":
         assert Image.open(path).mode.startswith("I")
-    code, out, err = cli(capsys, "predict", "--model", str(trained_run), "--image", str(path), "--format", "json")
+    code, out, err = cli("predict", "--model", str(trained_run), "--image", str(path), "--format", "json")
     assert code == 0, err
     (row,) = json.loads(out)
     if expected == "blank":  # never a silent guess on an empty picture
         assert row["blank"] is True and row["prediction"] is None and row["top_k"] == []
-        code, out, _ = cli(capsys, "predict", "--model", str(trained_run), "--image", str(path))
+        code, out, _ = cli("predict", "--model", str(trained_run), "--image", str(path))
         assert code == 0 and "blank image: no digit found" in out
     else:
         assert row["blank"] is False and row["prediction"] == expected, row["top_k"]
@@ -152,7 +142,7 @@ def test_awkward_images_are_handled(name, make, expected, trained_run, tmp_path,
     ("animated.gif", "animate", "animated/multi-frame image (2 frames)"),
     ("missing.png", None, "cannot read file"),
 ])
-def test_bad_images_are_refused_with_one_line(name, content, message, trained_run, tmp_path, capsys):
+def test_bad_images_are_refused_with_one_line(name, content, message, trained_run, tmp_path, cli):
     path = tmp_path / name
     if content == "truncate":
         seven(300, 200).save(path)
@@ -166,7 +156,7 @@ def test_bad_images_are_refused_with_one_line(name, content, message, trained_ru
         path.write_bytes(content)
     with pytest.raises(InputImageError, match=re.escape(f"{path}: ")):
         classify_images(load_model(trained_run), [path])
-    code, out, err = cli(capsys, "predict", "--model", str(trained_run), "--image", str(path))
+    code, out, err = cli("predict", "--model", str(trained_run), "--image", str(path))
     assert code == 2 and out == ""
     assert err == f"error: {path}: " + err.split(": ", 2)[2] and message in err and len(err.splitlines()) == 1
 
