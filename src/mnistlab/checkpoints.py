@@ -118,6 +118,7 @@ def load_checkpoint(path: str | Path) -> Any:
 
 
 CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX"}
+SCAN_LIMIT = 64 << 20  # bytes of pickle read when classifying a refused file
 
 
 def _needs_code(path: Path) -> bool:
@@ -128,10 +129,13 @@ def _needs_code(path: Path) -> bool:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
-                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
-                data = z.read(name) if name else b""
+                info = next((i for i in z.infolist() if i.filename.endswith("data.pkl")), None)
+                if info is None or info.file_size > SCAN_LIMIT:
+                    return False
+                data = z.read(info)
         else:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(SCAN_LIMIT)  # the pickle comes first (legacy torch.save appends raw storages)
             if not data.startswith(b"\x80"):  # binary pickles (protocol 2+) begin with PROTO
                 return False
         ops = [op.name for op, _, _ in pickletools.genops(data)]  # raises unless it parses to STOP
