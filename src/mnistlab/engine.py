@@ -95,6 +95,8 @@ def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoc
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         args.setdefault("max_lr", cfg.lr)
+        # OneCycleLR divides by (warm-up steps - 1): keep at least 2 warm-up steps on very short runs.
+        args["pct_start"] = min(max(args.get("pct_start", 0.3), 2.0 / total), 0.9)
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, total_steps=total, **args), True
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, **args), True

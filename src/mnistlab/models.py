@@ -98,11 +98,61 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """3x3 convolution (no bias) + batch norm + ReLU."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class FastNet(nn.Module):
+    """The `fast` preset's network, after train_mnist_fast: two 3x3 convolutions (c1, c2 channels) each
+    followed by 2x2 max-pooling, then dense c2*5*5 -> hidden -> 10; optional batch norm after each conv."""
+
+    def __init__(self, c1: int = 24, c2: int = 32, hidden: int = 256, bn: bool = False) -> None:
+        super().__init__()
+        def norm(c: int) -> nn.Module:
+            return nn.BatchNorm2d(c) if bn else nn.Identity()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, bias=not bn), norm(c1), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 13x13
+            nn.Conv2d(c1, c2, 3, bias=not bn), norm(c2), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 5x5
+            nn.Flatten(),
+        )
+        self.head = nn.Sequential(nn.Linear(c2 * 5 * 5, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class Residual(nn.Sequential):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
+class BestNet(nn.Module):
+    """The `best` preset's small batch-norm CNN: a 3x3 stem at 28x28, stride-2 convolutions down to 14x14
+    and 7x7 (fewer FLOPs than conv + pool at full resolution), `extra` residual convs at 7x7, global
+    average pooling and one linear layer."""
+
+    def __init__(self, widths: tuple[int, int, int] = (32, 48, 96), extra: int = 1) -> None:
+        super().__init__()
+        a, b, c = widths
+        self.features = nn.Sequential(
+            conv_bn(1, a), conv_bn(a, b, 2), conv_bn(b, b), conv_bn(b, c, 2), conv_bn(c, c),
+            *[Residual(conv_bn(c, c)) for _ in range(extra)],
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "notebook": NotebookNet,
     "pytorch-example": PytorchExampleNet,
     "lenet5": LeNet5,
     "mlp": MLP,
+    "fast": FastNet,
+    "best": BestNet,
 }
 
 

@@ -80,6 +80,38 @@ PRESETS: dict[str, Config] = {
         normalise=MNIST_MEAN_STD,
         description="pytorch/examples mnist/main.py: Adadelta lr 1.0, StepLR gamma 0.7, batch 64, 14 epochs.",
     ),
+    "fast": Config(
+        preset="fast",
+        model="fast",
+        model_args={"c1": 24, "c2": 32, "hidden": 256},
+        optimizer="Adam",
+        opt_args={"lr": 1e-2, "betas": (0.7, 0.9)},
+        batch_size=256,
+        epochs=2,
+        schedule="onecycle",
+        schedule_args={"pct_start": 0.25},
+        normalise=MNIST_MEAN_STD,
+        channels_last=True,
+        description="99% fast: train_mnist_fast's two-conv net, Adam lr 1e-2 betas (0.7, 0.9), one-cycle, "
+        "batch 256, channels_last, 2 epochs (1 epoch gives about 98.9% here).",
+    ),
+    "best": Config(
+        preset="best",
+        model="best",
+        model_args={"widths": (32, 48, 96), "extra": 1},
+        optimizer="SGD",
+        opt_args={"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+        batch_size=128,
+        epochs=8,
+        schedule="onecycle",
+        schedule_args={"pct_start": 0.2},
+        normalise=MNIST_MEAN_STD,
+        label_smoothing=0.1,
+        augment={"translate": 2.5, "rotate": 10.0, "scale": 0.1},
+        channels_last=True,
+        description="Highest accuracy in 15 CPU minutes: batch-norm CNN, on-device random affine augmentation, "
+        "label smoothing 0.1, SGD nesterov one-cycle, 8 epochs.",
+    ),
 }
 
 

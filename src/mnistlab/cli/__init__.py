@@ -23,6 +23,7 @@ COMMANDS = [
     "evaluate",
     "export",
     "serve",
+    "bench",
 ]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from mnistlab.cli.common import add_training_options, overrides_from
+from mnistlab.cli.common import add_training_options, overrides_from, positive_int
+from mnistlab.errors import ConfigError
 from mnistlab.training import train
 
 
@@ -15,11 +16,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (default runs/<preset>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last completed epoch")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--ensemble", type=positive_int, metavar="K",
+                   help="train K models (seeds seed..seed+K-1) and average their predictions")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     over = overrides_from(args)
+    if args.ensemble:
+        if args.resume:
+            raise ConfigError("--ensemble and --resume cannot be combined; resume each member's run directory")
+        from mnistlab.ensemble import train_ensemble
+
+        ens = train_ensemble(args.preset, args.ensemble, out=args.out, data_dir=args.data_dir, quiet=args.quiet,
+                             **over)
+        if not args.quiet:
+            accs = ", ".join(f"{a:.2f}" for a in ens.scores["member_test_accs"])
+            print(f"ensemble of {args.ensemble}: test accuracy {ens.test_acc:.2f}% (members {accs})  "
+                  f"run: {ens.run_dir}")
+        return 0
     result = train(args.preset, out=args.out, resume=args.resume, data_dir=args.data_dir, quiet=args.quiet,
                    **over)
     if result.run_dir is not None and not args.quiet:

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Reproduce BENCHMARKS.md on this machine: the side-by-side benchmark (5 epochs each of the notebook's pipeline
+# and the `notebook` preset, interleaved; then the `fast` preset over 5 seeds), then the `best` preset's three
+# seeds and their ensemble (bench/best.sh). Results land in bench/results/ and runs/best-ens*.
+# On a GPU machine from a source checkout: PYTHONPATH=src python -m mnistlab bench --epochs 5 --device cuda
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mnistlab bench --epochs 5 --out bench/results "$@"
+bench/best.sh

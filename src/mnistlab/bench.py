@@ -1,0 +1,322 @@
+"""`mnistlab bench`: the lab notebook's pipeline against mnistlab, side by side on one machine.
+
+Contenders, each in its own spawned process (so peak RSS is per contender), driven epoch by epoch in
+turn by this process (so load drift on a shared machine hits both alike):
+
+- **reference**: the notebook's pipeline re-created without torchvision: a Dataset doing per sample what
+  torchvision's MNIST + ToTensor do (uint8 array -> PIL image mode "L" -> float tensor in [0, 1]), a
+  DataLoader (batch 32, shuffle, 2 workers), the notebook's model (softmax in forward, then
+  CrossEntropyLoss), Adam lr 1e-3 with its default implementation, and the notebook's plain loop. It is a
+  benchmark contender only: mnistlab itself trains through `engine.fit`.
+- **mnistlab**: the `notebook` preset through `engine.fit`.
+
+Then the `fast` preset's time to accuracy over several seeds (training wall from the engine, excluding
+start-up, data loading and evaluation). Results: `bench.json` and `bench.md` in the output directory.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.runs import atomic_write, cpu_model, write_json
+
+CONTENDERS = ("reference", "mnistlab")
+
+
+@dataclass
+class BenchOptions:
+    """What to measure: `subset`/`test_subset` limit the images (None = all) for --quick runs."""
+
+    epochs: int = 1
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    subset: int | None = None
+    test_subset: int | None = None
+    fast_subset: int | None = None
+    data_dir: str | None = None
+    device: str = "auto"
+
+
+# ---------------------------------------------------------------- the reference contender (notebook pipeline)
+class NotebookMNIST(torch.utils.data.Dataset):
+    """Per sample what torchvision's MNIST(transform=ToTensor()) does: uint8 -> PIL "L" -> float [0, 1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        img = Image.fromarray(self.images[i].numpy(), mode="L")
+        arr = torch.from_numpy(np.array(img, np.uint8, copy=True))  # ToTensor: HWC -> CHW, / 255
+        return arr.view(img.size[1], img.size[0], 1).permute(2, 0, 1).contiguous().float().div(255), int(
+            self.labels[i])
+
+
+class _Reference:
+    """The notebook's training loop, one epoch per call (softmax inside the model, per-step .item())."""
+
+    def __init__(self, opts: BenchOptions, device: torch.device) -> None:
+        from mnistlab.data import load_split
+        from mnistlab.models import NotebookNet
+
+        train = load_split("mnist", "train", opts.data_dir)
+        test = load_split("mnist", "test", opts.data_dir)
+        train = [t[: opts.subset] for t in train] if opts.subset else train
+        test = [t[: opts.test_subset] for t in test] if opts.test_subset else test
+        dl = torch.utils.data.DataLoader
+        self.train = dl(NotebookMNIST(*train), batch_size=32, shuffle=True, num_workers=2)
+        self.test = dl(NotebookMNIST(*test), batch_size=32, shuffle=False, num_workers=2)
+        self.n, self.device = len(train[1]), device
+        torch.manual_seed(0)
+        self.net = NotebookNet().to(device)
+        self.model = lambda x: self.net(x).softmax(dim=1)  # the notebook's forward() ends in softmax
+        self.criterion = torch.nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=0.001)
+
+    def epoch(self) -> float:
+        self.net.train()
+        running_loss, correct = 0.0, 0
+        t0 = time.perf_counter()
+        for images, labels in self.train:
+            images, labels = images.to(self.device), labels.to(self.device)
+            logits = self.model(images)
+            loss = self.criterion(logits, labels)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            running_loss += loss.detach().item()
+            correct += (torch.max(logits, 1)[1] == labels).sum().item()
+        return time.perf_counter() - t0
+
+    @torch.no_grad()
+    def test_acc(self) -> float:
+        self.net.eval()
+        correct = total = 0
+        for images, labels in self.test:
+            pred = self.model(images.to(self.device)).argmax(1)
+            correct += (pred == labels.to(self.device)).sum().item()
+            total += len(labels)
+        return 100.0 * correct / total
+
+
+# ---------------------------------------------------------------- the mnistlab contender
+class _Mnistlab:
+    """The `notebook` preset through engine.fit, one epoch per call."""
+
+    def __init__(self, opts: BenchOptions, device: torch.device) -> None:
+        from mnistlab.engine import amp_dtype, make_optimizer
+        from mnistlab.presets import resolve
+        from mnistlab.training import build, load_data
+
+        self.cfg = resolve("notebook", subset=opts.subset, device=opts.device, epochs=opts.epochs)
+        self.data = load_data(self.cfg, device, opts.data_dir)
+        if opts.test_subset:
+            t = self.data.evals["test"]
+            t.images, t.labels = t.images[: opts.test_subset], t.labels[: opts.test_subset]
+        self.n = self.data.train.num_samples
+        self.model = build(self.cfg, device)
+        self.optimizer = make_optimizer(self.cfg, self.model.parameters(), device)
+        self.amp = amp_dtype(self.cfg.amp, device)
+        self.history: list[dict[str, Any]] = []
+
+    def epoch(self) -> float:
+        from mnistlab.engine import fit
+
+        self.history = fit(self.model, self.optimizer, self.data.train, {}, epochs=len(self.history) + 1,
+                           start_epoch=len(self.history), amp=self.amp, history=self.history)
+        return self.history[-1]["seconds"]
+
+    def test_acc(self) -> float:
+        from mnistlab.engine import evaluate
+
+        return evaluate(self.model, self.data.evals["test"], self.amp)["acc"]
+
+
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident set size of this process (or its largest finished child) in MiB."""
+    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _contender(name: str, opts: BenchOptions, conn) -> None:
+    """Child process: set up `name`, then answer "epoch" / "finish" requests over `conn`."""
+    try:
+        from mnistlab.engine import pick_device
+
+        device = pick_device(opts.device)
+        c = _Reference(opts, device) if name == "reference" else _Mnistlab(opts, device)
+        conn.send(("ready", c.n))
+        while conn.recv() == "epoch":
+            conn.send(("epoch", c.epoch()))
+        acc = c.test_acc()
+        stats = {"test_acc": acc, "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if name == "reference":
+            stats["worker_peak_rss_mb"] = round(peak_rss_mb(resource.RUSAGE_CHILDREN), 1)
+        conn.send(("done", stats))
+    except Exception as e:  # noqa: BLE001 - reported to the parent as one line
+        conn.send(("error", f"{name}: {type(e).__name__}: {e}"))
+
+
+def _fast_seeds(opts: BenchOptions, conn) -> None:
+    """Child process: train the `fast` preset once per seed; report accuracies and training seconds."""
+    try:
+        from mnistlab.training import train
+
+        out = []
+        for seed in opts.seeds:
+            r = train("fast", seed=seed, subset=opts.fast_subset, device=opts.device, data_dir=opts.data_dir,
+                      quiet=True, write_run=False)
+            out.append((r.test_acc, sum(h["seconds"] for h in r.history)))
+        conn.send(("done", {"results": out, "peak_rss_mb": round(peak_rss_mb(), 1), "config": r.config.to_dict()}))
+    except Exception as e:  # noqa: BLE001
+        conn.send(("error", f"fast: {type(e).__name__}: {e}"))
+
+
+def _recv(conn, proc) -> tuple[str, Any]:
+    try:
+        kind, value = conn.recv()
+    except EOFError:
+        proc.join()
+        raise MnistlabError(f"benchmark process exited unexpectedly (exit code {proc.exitcode})") from None
+    if kind == "error":
+        raise MnistlabError(value)
+    return kind, value
+
+
+def _spawn(target, *args):
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(*args, child), daemon=False)
+    proc.start()
+    child.close()
+    return proc, parent
+
+
+def compare(opts: BenchOptions, log=print) -> dict[str, Any]:
+    """reference vs mnistlab, epochs interleaved; per contender seconds_per_epoch, images_per_s, ..."""
+    procs = {name: _spawn(_contender, name, opts) for name in CONTENDERS}
+    try:
+        n = {name: _recv(conn, proc)[1] for name, (proc, conn) in procs.items()}
+        seconds: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+        for e in range(1, opts.epochs + 1):
+            for name, (proc, conn) in procs.items():
+                conn.send("epoch")
+                seconds[name].append(_recv(conn, proc)[1])
+                log(f"epoch {e}/{opts.epochs}  {name:9s} {seconds[name][-1]:7.2f} s")
+        out: dict[str, Any] = {}
+        for name, (proc, conn) in procs.items():
+            conn.send("finish")
+            stats = _recv(conn, proc)[1]
+            spe = sum(seconds[name]) / len(seconds[name])
+            out[name] = {"epochs": opts.epochs, "train_images": n[name], "epoch_seconds": seconds[name],
+                         "seconds_per_epoch": spe, "images_per_s": n[name] / spe, **stats}
+    finally:
+        for proc, conn in procs.values():
+            conn.close()
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+    out["speedup"] = out["reference"]["seconds_per_epoch"] / out["mnistlab"]["seconds_per_epoch"]
+    return out
+
+
+def fast(opts: BenchOptions) -> dict[str, Any]:
+    """The `fast` preset over `opts.seeds`: test accuracies, training seconds, mean, min, share >= 99%."""
+    proc, conn = _spawn(_fast_seeds, opts)
+    try:
+        res = _recv(conn, proc)[1]
+    finally:
+        conn.close()
+        proc.join(timeout=60)
+    accs = [a for a, _ in res["results"]]
+    secs = [s for _, s in res["results"]]
+    return {
+        "seeds": list(opts.seeds), "test_accs": accs, "train_seconds": secs,
+        "mean_test_acc": sum(accs) / len(accs), "min_test_acc": min(accs),
+        "frac_at_least_99": sum(a >= 99.0 for a in accs) / len(accs),
+        "mean_train_seconds": sum(secs) / len(secs), "peak_rss_mb": res["peak_rss_mb"],
+        "subset": opts.fast_subset, "config": res["config"],
+    }
+
+
+def machine(device: str = "auto") -> dict[str, Any]:
+    """CPU model, cores, GPU, torch version, native bf16, load average."""
+    from mnistlab.engine import cpu_supports_bf16
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__, "cpu_native_bf16": cpu_supports_bf16(), "device": device,
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=print) -> dict[str, Any]:
+    """The whole benchmark; writes out_dir/bench.json and out_dir/bench.md and returns the results."""
+    if opts.epochs < 1 or not opts.seeds:
+        raise ConfigError("bench needs at least 1 epoch and 1 seed")
+    out_dir = Path(out_dir)
+    result: dict[str, Any] = {"machine": machine(opts.device), "options": vars(opts) | {"seeds": list(opts.seeds)}}
+    t0 = time.perf_counter()
+    result.update(compare(opts, log))
+    log(f"speedup {result['speedup']:.2f}x; fast preset, {len(opts.seeds)} seeds ...")
+    result["fast"] = fast(opts)
+    if serve:
+        try:
+            from mnistlab.serve.loadtest import bench_serve
+        except ImportError as e:
+            raise ConfigError(f"--serve needs mnistlab.serve ({e})") from None
+        result["serve"] = bench_serve(model=None, out_dir=out_dir, clients=8, seconds=15)
+    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["wall_seconds"] = time.perf_counter() - t0
+    write_json(out_dir / "bench.json", result)
+    atomic_write(out_dir / "bench.md", markdown(result))
+    return result
+
+
+def markdown(r: dict[str, Any]) -> str:
+    """bench.json as Markdown tables."""
+    m = r["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu'] or 'none'}, torch {m['torch']}, "
+        f"native bf16 {'yes' if m['cpu_native_bf16'] else 'no'}; load average {m['loadavg'][0]} at start, "
+        f"{m.get('loadavg_end', ['?'])[0]} at end.",
+        "",
+        f"| contender ({r['reference']['epochs']} epoch(s), {r['mnistlab']['train_images']} images) | s/epoch | "
+        "images/s | peak RSS (MiB) | test acc (%) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    names = {"reference": "notebook pipeline (DataLoader, 2 workers)", "mnistlab": "mnistlab `notebook` preset"}
+    for key in CONTENDERS:
+        c = r[key]
+        rss = f"{c['peak_rss_mb']:.0f}"
+        if "worker_peak_rss_mb" in c:
+            rss += f" (+ workers {c['worker_peak_rss_mb']:.0f} each)"
+        lines.append(f"| {names[key]} | {c['seconds_per_epoch']:.2f} | {c['images_per_s']:.0f} | {rss} | "
+                     f"{c['test_acc']:.2f} |")
+    f = r["fast"]
+    lines += [
+        "", f"Speedup: **{r['speedup']:.2f}x**.", "",
+        "| `fast` preset | seeds | mean test acc (%) | min (%) | seeds >= 99.0% | mean train wall (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| {', '.join(f'{a:.2f}' for a in f['test_accs'])} | {len(f['seeds'])} | {f['mean_test_acc']:.2f} | "
+        f"{f['min_test_acc']:.2f} | {100 * f['frac_at_least_99']:.0f}% | {f['mean_train_seconds']:.2f} |",
+    ]
+    if "serve" in r:
+        s = r["serve"]
+        lines += ["", f"Serving ({s.get('clients')} clients, {s.get('seconds')} s): p50 {s.get('p50_ms')} ms, "
+                  f"p99 {s.get('p99_ms')} ms, {s.get('requests_per_s')} requests/s."]
+    return "\n".join(lines) + "\n"
+
+
+QUICK = dict(epochs=1, seeds=(0, 1), subset=640, test_subset=500, fast_subset=1024)

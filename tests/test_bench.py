@@ -1,0 +1,60 @@
+"""`mnistlab bench --quick`: the harness runs end to end and writes bench.json / bench.md (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mnistlab.bench import NotebookMNIST, markdown
+from mnistlab.cli import main
+from mnistlab.data import load_split
+
+
+def test_notebook_dataset_matches_totensor(mnist_dir):
+    images, labels = load_split("mnist", "test", mnist_dir)
+    ds = NotebookMNIST(images[:5], labels[:5])
+    x, y = ds[3]
+    assert x.shape == (1, 28, 28) and x.dtype.is_floating_point and y == int(labels[3])
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert (x[0] * 255).round().to(images.dtype).equal(images[3])
+
+
+@pytest.fixture(scope="module")
+def quick(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "--quick", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out)]) == 0
+    return out, json.loads((out / "bench.json").read_text())
+
+
+def test_bench_json_has_the_issue_keys(quick):
+    _, r = quick
+    for name in ("reference", "mnistlab"):
+        c = r[name]
+        for key in ("seconds_per_epoch", "images_per_s", "peak_rss_mb", "test_acc"):
+            assert isinstance(c[key], float) and c[key] > 0, (name, key)
+        assert c["test_acc"] <= 100 and c["epochs"] == 1 and len(c["epoch_seconds"]) == 1
+        assert c["train_images"] == 640
+    assert r["speedup"] == pytest.approx(r["reference"]["seconds_per_epoch"] / r["mnistlab"]["seconds_per_epoch"])
+    assert r["reference"]["worker_peak_rss_mb"] > 0
+    f = r["fast"]
+    assert f["seeds"] == [0, 1] and len(f["test_accs"]) == len(f["train_seconds"]) == 2
+    assert f["mean_test_acc"] == pytest.approx(sum(f["test_accs"]) / 2)
+    assert f["min_test_acc"] == min(f["test_accs"]) and 0 <= f["frac_at_least_99"] <= 1
+    m = r["machine"]
+    assert m["cpu"] and m["cores"] >= 1 and m["torch"] and "gpu" in m
+
+
+def test_bench_md_is_the_table(quick):
+    out, r = quick
+    text = (out / "bench.md").read_text()
+    assert text == markdown(r)
+    assert "| mnistlab `notebook` preset |" in text and f"{r['speedup']:.2f}x" in text
+
+
+def test_bench_rejects_bad_options(capsys):
+    assert main(["bench", "--dataset", "fashion-mnist"]) == 2
+    assert "MNIST only" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--epochs", "0"])
+    assert e.value.code == 2

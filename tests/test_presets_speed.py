@@ -1,0 +1,156 @@
+"""The speed issue's pieces: on-device augmentation, ensembles, and the `fast` / `best` presets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mnistlab.augment import RandomAffine, affine
+from mnistlab.cli import main
+from mnistlab.ensemble import average_probs, evaluate_runs, score, train_ensemble
+from mnistlab.errors import ConfigError
+from mnistlab.models import build_model, count_params
+from mnistlab.presets import resolve
+from mnistlab.training import train
+
+
+def centre_of_mass(x: torch.Tensor) -> torch.Tensor:
+    """(N, 2) centre of mass (x, y) in pixels of (N, 1, H, W) non-negative images."""
+    h, w = x.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=x.dtype), torch.arange(w, dtype=x.dtype), indexing="ij")
+    m = x.sum((1, 2, 3))
+    return torch.stack([(x[:, 0] * xs).sum((1, 2)) / m, (x[:, 0] * ys).sum((1, 2)) / m], 1)
+
+
+def blob(n: int = 3) -> torch.Tensor:
+    x = torch.zeros(n, 1, 28, 28)
+    x[:, 0, 10:15, 9:13] = 1.0
+    return x
+
+
+# ---------------------------------------------------------------- augmentation
+def test_zero_magnitudes_are_the_identity():
+    x = torch.randn(4, 1, 28, 28)
+    assert RandomAffine()(x) is x  # nothing to do: no resampling at all
+    assert torch.allclose(affine(x, torch.zeros(4, 2)), x, atol=1e-5)
+    assert torch.allclose(affine(x, torch.zeros(4, 2), torch.zeros(4), torch.ones(4)), x, atol=1e-5)
+
+
+def test_shift_moves_the_centre_of_mass_by_the_shift():
+    x = blob()
+    shift = torch.tensor([[3.0, 0.0], [-2.0, 4.0], [1.5, -2.5]])
+    moved = centre_of_mass(affine(x, shift)) - centre_of_mass(x)
+    assert torch.allclose(moved, shift, atol=1e-3)
+
+
+def test_rotation_turns_about_the_centre_and_scale_zooms():
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 13:15, 20:22] = 1.0  # right of the centre (13.5, 13.5)
+    turned = centre_of_mass(affine(x, torch.zeros(1, 2), torch.tensor([90.0])))[0]
+    assert torch.allclose(turned, torch.tensor([13.5, 20.5]), atol=0.1)  # +90 degrees: right -> below (y down)
+    zoomed = affine(x, torch.zeros(1, 2), scale=torch.tensor([1.5]))
+    assert centre_of_mass(zoomed)[0, 0] > 20.5 + 2  # further from the centre
+    assert zoomed.sum() > x.sum() * 1.5  # and bigger
+
+
+def test_random_affine_is_deterministic_under_a_seed_and_keeps_shapes():
+    aug = RandomAffine(translate=2.5, rotate=10, scale=0.1)
+    x = torch.rand(16, 1, 28, 28)
+    torch.manual_seed(5)
+    a = aug(x)
+    torch.manual_seed(5)
+    b = aug(x)
+    c = aug(x)
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(b, c)
+    shifts = centre_of_mass(aug(blob(64))) - centre_of_mass(blob(64))
+    assert shifts.abs().max() <= 2.5 * 1.5 + 2  # bounded by translate plus rotation/zoom of an off-centre blob
+    assert shifts.std() > 0.3  # and actually random
+
+
+def test_bad_augment_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="augment"):
+        RandomAffine(scale=1.5)
+
+
+def test_augmented_training_keeps_labels_and_resumes_identically(mnist_dir, tmp_path):
+    """The engine augments images only; seeded runs (and a resumed one) see the same augmentations."""
+    kw = dict(subset=512, batch_size=128, epochs=2, device="cpu", data_dir=mnist_dir, quiet=True,
+              model_args={"widths": (8, 8, 16), "extra": 0})
+    a = train("best", out=tmp_path / "a", **kw)
+    b = train("best", out=tmp_path / "b", **{**kw, "epochs": 1})
+    b = train(resume=tmp_path / "b", epochs=2, data_dir=mnist_dir, quiet=True)
+    assert a.history[-1]["train_loss"] == pytest.approx(b.history[-1]["train_loss"], rel=1e-5)
+    assert a.history[-1]["test_acc"] == b.history[-1]["test_acc"]
+    assert a.history[-1]["test_acc"] > 30  # the labels still match the (augmented) images
+
+
+# ---------------------------------------------------------------- ensembles
+def test_average_probs_and_score():
+    labels = torch.tensor([0, 1, 2])
+    m1 = torch.tensor([[5.0, 0, 0], [0, 5, 0], [5, 0, 0]])  # wrong on the last
+    m2 = torch.tensor([[5.0, 0, 0], [0, 0, 5], [0, 0, 5]])  # wrong on the second
+    m3 = torch.tensor([[0.0, 5, 0], [0, 5, 0], [0, 0, 5]])  # wrong on the first
+    probs = average_probs([m1, m2, m3])
+    assert torch.allclose(probs.sum(1), torch.ones(3))
+    assert torch.allclose(probs[0], (m1[0].softmax(0) * 2 + m3[0].softmax(0)) / 3)
+    s = score([m1, m2, m3], labels)
+    assert s["member_test_accs"] == pytest.approx([200 / 3] * 3)
+    assert s["ensemble_test_acc"] == pytest.approx(100.0)  # every mistake is outvoted
+    with pytest.raises(ConfigError):
+        average_probs([])
+
+
+def test_train_ensemble_writes_members_and_scores(mnist_dir, tmp_path):
+    ens = train_ensemble("fast", 2, out=tmp_path / "ens", subset=1024, device="cpu", data_dir=mnist_dir,
+                         quiet=True, seed=3)
+    assert [m.config.seed for m in ens.members] == [3, 4]
+    saved = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert saved["seeds"] == [3, 4] and saved["ensemble_test_acc"] == ens.test_acc
+    assert saved["member_test_accs"] == pytest.approx([m.test_acc for m in ens.members], abs=1e-6)
+    again = evaluate_runs([tmp_path / "ens" / "member-3", tmp_path / "ens" / "member-4"], mnist_dir, "cpu")
+    assert again["ensemble_test_acc"] == pytest.approx(ens.test_acc, abs=0.02)
+    assert ens.test_acc > 80
+
+
+def test_cli_ensemble(mnist_dir, tmp_path, capsys):
+    rc = main(["train", "--preset", "fast", "--subset", "512", "--ensemble", "2", "--device", "cpu",
+               "--data-dir", str(mnist_dir), "--out", str(tmp_path / "e")])
+    assert rc == 0 and "ensemble of 2: test accuracy" in capsys.readouterr().out
+    assert (tmp_path / "e" / "member-1" / "model.safetensors").exists()
+    assert main(["train", "--ensemble", "2", "--resume", str(tmp_path / "e")]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--ensemble", "0"])
+    assert e.value.code == 2
+
+
+# ---------------------------------------------------------------- presets
+@pytest.mark.parametrize("preset", ["fast", "best"])
+def test_speed_presets_resolve_and_build(preset):
+    cfg = resolve(preset)
+    model = build_model(cfg.model, **cfg.model_args)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert 100_000 < count_params(model) < 1_000_000
+    assert cfg.normalise is not None and cfg.schedule == "onecycle"
+    assert resolve(preset, epochs=3).epochs == 3
+
+
+def test_fast_preset_trains_a_step(mnist_dir):
+    r = train("fast", subset=256, device="cpu", data_dir=mnist_dir, quiet=True, write_run=False)
+    assert r.config.model == "fast" and len(r.history) == 1 and 0 <= r.test_acc <= 100
+    assert r.history[0]["images_per_s"] > 0
+
+
+def test_best_preset_trains_a_step(mnist_dir):
+    r = train("best", subset=128, epochs=1, device="cpu", data_dir=mnist_dir, quiet=True, write_run=False)
+    assert r.config.augment and r.config.label_smoothing == 0.1
+    assert 0 <= r.test_acc <= 100 and r.history[0]["train_loss"] > 0
+
+
+@pytest.mark.gpu
+def test_fast_preset_on_cuda_compiled(mnist_dir):
+    """The GPU path: data resident on the GPU, bf16 autocast, torch.compile."""
+    r = train("fast", device="cuda", compile=True, data_dir=mnist_dir, quiet=True, write_run=False)
+    assert r.test_acc > 98.5
+    assert next(r.model.parameters()).device.type == "cuda"
