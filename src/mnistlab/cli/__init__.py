@@ -24,6 +24,9 @@ COMMANDS = [
     "export",
     "serve",
     "bench",
+    "compare",
+    "sweep",
+    "lab",
 ]
 
 
