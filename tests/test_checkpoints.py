@@ -152,6 +152,7 @@ def planted(tmp_path):
     return marker, files
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 @pytest.mark.parametrize("kind", ["torch.pt", "raw.pkl", "run"])
 def test_planted_pickle_is_refused_by_the_python_api(kind, planted):
     marker, files = planted

@@ -62,6 +62,7 @@ def test_onnx_export_is_checked_against_pytorch(trained_run, mnist_dir, pixels, 
     assert ort_logits(out, pixels[:7]).shape == (7, 10)  # the batch dimension is dynamic
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_normalisation_is_baked_into_exported_graphs(normalised_model, mnist_dir, pixels, tmp_path, cli):
     model, path = normalised_model
     mean, std = MNIST_MEAN_STD
