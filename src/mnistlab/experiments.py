@@ -14,7 +14,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -351,10 +350,9 @@ def run_job(job: Job, data_dir: str | Path | None, quiet: bool) -> tuple[list[di
         history = read_metrics(job.source)
         if len(history) >= job.config.epochs:
             return history[: job.config.epochs], 0.0
-        job.run_dir.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
             if (job.source / name).exists():
-                shutil.copy2(job.source / name, job.run_dir / name)
+                atomic_write(job.run_dir / name, (job.source / name).read_bytes())
         history = train(resume=job.run_dir, epochs=job.config.epochs, data_dir=data_dir, quiet=quiet).history
     else:
         history = train(config=job.config, out=job.run_dir, data_dir=data_dir, quiet=quiet).history
