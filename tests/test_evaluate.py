@@ -26,8 +26,9 @@ def test_evaluate_a_run(trained_run, mnist_dir, tmp_path, cli):
     code, text, _ = cli("evaluate", "--model", str(trained_run), "--out", str(out), "--data-dir", str(mnist_dir))
     assert code == 0
     result = json.loads((out / "evaluation.json").read_text())
-    # the same model scored during training on the same 10,000 images (fp32 CPU both times)
-    assert result["accuracy"] == pytest.approx(read_metrics(trained_run)[-1]["test_acc"], abs=0.05)
+    # the same model scored during training on the same 10,000 images (there under bf16 autocast on CPUs
+    # that have it, here always fp32: a few images near a tie may flip)
+    assert result["accuracy"] == pytest.approx(read_metrics(trained_run)[-1]["test_acc"], abs=0.3)
     assert f"test accuracy {result['accuracy']:.2f}% ({result['correct']:,}/10,000)" in text
     cm = torch.tensor(result["confusion"])
     labels = load_split("mnist", "test", mnist_dir)[1]
