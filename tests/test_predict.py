@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from mnistlab.data import load_split
 from mnistlab.errors import InputImageError
-from mnistlab.predict import classify_images, classify_indices, load_model
+from mnistlab.predict import LoadedModel, classify_images, classify_indices, load_model
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +168,20 @@ def test_bad_image_in_a_real_process_has_no_traceback(trained_run, tmp_path):
     r = subprocess.run([sys.executable, "-m", "mnistlab", "predict", "--model", str(trained_run), "--image",
                         str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith(f"error: {bad}: ") and "Traceback" not in r.stderr
+
+
+def test_models_that_already_output_probabilities_are_not_softmaxed_twice(loaded, tmp_path):
+    """The lab notebook's own forward() ends in softmax; such outputs pass through unchanged."""
+
+    class SoftmaxNet(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x).softmax(1)
+
+    images = torch.rand(8, 1, 28, 28)
+    quirky = LoadedModel.of(SoftmaxNet(loaded.model), loaded.meta, tmp_path / "quirky.pt", "pickle")
+    assert torch.allclose(quirky.probabilities(images), loaded.probabilities(images), atol=1e-6)
+    assert quirky.probabilities(images[:0]).shape == (0, 10)

@@ -67,7 +67,7 @@ class LoadedModel:
 
 def _softmax(out: torch.Tensor) -> torch.Tensor:
     """Softmax of logits; outputs that already are probabilities (the notebook's own forward()) pass through."""
-    if out.min() >= 0 and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-4):
+    if out.numel() and out.min() >= 0 and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-4):
         return out
     return out.softmax(1)
 
