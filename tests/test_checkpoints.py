@@ -91,6 +91,7 @@ def test_run_directory_and_latest_run(trained_run, tmp_path, monkeypatch):
     ("truncated.pt", "not a readable PyTorch file"),
     ("truncated.safetensors", "not a readable safetensors file"),
     ("garbage.onnx", "not a readable ONNX model"),
+    ("malformed.pt", "a malformed mnistlab model file"),
 ])
 def test_broken_model_files_are_one_line_errors(bad, message, tmp_path, cli):
     path = tmp_path / bad
@@ -99,6 +100,8 @@ def test_broken_model_files_are_one_line_errors(bad, message, tmp_path, cli):
     elif bad.startswith("truncated"):
         data = save_model(build_model("lenet5"), path, {"model": "lenet5"}).read_bytes()
         path.write_bytes(data[: len(data) // 2])
+    elif bad.startswith("malformed"):
+        torch.save({"format": "mnistlab-checkpoint", "model": [1, 2, 3]}, path)  # safe to load, but nonsense
     elif not bad.startswith("missing"):
         path.write_text("hello, I am not a model\n" * 10)
     with pytest.raises(MnistlabError, match=message):

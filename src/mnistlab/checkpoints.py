@@ -260,18 +260,26 @@ def _load_trusted(path: Path) -> Any:
 
 def _model_of(obj: Any, path: Path) -> tuple[nn.Module, dict[str, Any], str]:
     """Interpret what torch.load returned: our dicts, a plain state_dict, or (trusted) a whole model."""
-    if isinstance(obj, nn.Module):
-        meta = dict(getattr(obj, PICKLE_ATTR, None) or {"model": type(obj).__name__})
-        if hasattr(obj, PICKLE_ATTR):
-            delattr(obj, PICKLE_ATTR)
-        return obj.cpu().eval(), meta, "pickle"
-    if isinstance(obj, dict) and obj.get("format") == "mnistlab-state-dict":
-        return model_from(obj["state_dict"], obj["meta"]), dict(obj["meta"]), "state_dict"
-    if isinstance(obj, dict) and obj.get("format") == "mnistlab-checkpoint":
-        meta = dict(obj["meta"], epoch=obj.get("epoch"))
-        if obj.get("history"):
-            meta["test_acc"] = obj["history"][-1].get("test_acc")
-        return model_from(obj["model"], obj["meta"]), meta, "checkpoint"
+    try:
+        if isinstance(obj, nn.Module):
+            meta = getattr(obj, PICKLE_ATTR, None)
+            if meta is None:  # torch.save(model) without mnistlab: recognise the model if it is ours
+                try:
+                    meta = guess_model(obj.state_dict(), path)
+                except MnistlabError:
+                    meta = {"model": type(obj).__name__}
+            if hasattr(obj, PICKLE_ATTR):
+                delattr(obj, PICKLE_ATTR)
+            return obj.cpu().eval(), dict(meta), "pickle"
+        if isinstance(obj, dict) and obj.get("format") == "mnistlab-state-dict":
+            return model_from(obj["state_dict"], obj["meta"]), dict(obj["meta"]), "state_dict"
+        if isinstance(obj, dict) and obj.get("format") == "mnistlab-checkpoint":
+            meta = dict(obj["meta"], epoch=obj.get("epoch"))
+            if obj.get("history"):
+                meta["test_acc"] = obj["history"][-1].get("test_acc")
+            return model_from(obj["model"], obj["meta"]), meta, "checkpoint"
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise MnistlabError(f"{path}: a malformed mnistlab model file ({type(e).__name__}: {e})") from None
     state = _plain_state(obj)
     if state is None:
         raise MnistlabError(f"{path}: holds a {type(obj).__name__}, not model weights mnistlab can rebuild")
