@@ -19,11 +19,13 @@ _API = {
 
 
 def __getattr__(name: str):
-    if name in _API:
-        import importlib
+    import importlib
 
+    if name in _API:
         module, attr = _API[name]
         return getattr(importlib.import_module(module), attr)
+    if name == "predict":  # the module: classify_images, classify_indices, load_model, ...
+        return importlib.import_module("mnistlab.predict")
     raise AttributeError(f"module 'mnistlab' has no attribute {name!r}")
 
 
