@@ -131,3 +131,14 @@ def test_quirks_are_measured(lab_run):
     assert q["batches"] == 313 and q["last_batch"] == 16
     # sum of per-batch percentages of full batches / 312 = correct / 9984 instead of correct / 10000
     assert q["notebook_test_acc"] == pytest.approx(q["exact_test_acc"] * 10000 / 9984)
+
+
+def test_python_api_names():
+    import mnistlab
+    import mnistlab.inspect  # the submodule, imported: mnistlab.inspect(...) still answers
+    from mnistlab.experiments import compare, sweep
+    from mnistlab.predict import load_model
+
+    assert mnistlab.inspect("notebook")["batch_size"] == 32
+    assert mnistlab.compare is compare and mnistlab.sweep is sweep and mnistlab.load is load_model
+    assert callable(mnistlab.train) and callable(mnistlab.lab) and mnistlab.predict.classify_images
