@@ -24,7 +24,6 @@ test: $(BIN)/.installed system-deps
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check src tests bench
 
 bench: $(BIN)/.installed
 	$(BIN)/mnistlab bench --out bench/results

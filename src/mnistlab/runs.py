@@ -113,9 +113,17 @@ def new_run_dir(preset: str, out: str | Path | None = None, root: str | Path = "
 
 
 def latest_run(root: str | Path = "runs") -> Path | None:
-    """The most recently modified run directory under `root` holding a model.safetensors."""
-    runs = [p.parent for p in Path(root).glob("*/model.safetensors")]
-    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+    """The run directory under `root` whose model.safetensors was written last."""
+    models = list(Path(root).glob("*/model.safetensors"))
+    return max(models, key=lambda p: p.stat().st_mtime).parent if models else None
+
+
+def remove_partial_files(run_dir: str | Path) -> list[Path]:
+    """Delete temporary files a killed process left behind (the files they were to replace are intact)."""
+    leftovers = list(Path(run_dir).glob(".*.tmp"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def environment(device: torch.device, world_size: int = 1, backend: str | None = None) -> dict[str, Any]:

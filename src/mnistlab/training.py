@@ -22,7 +22,7 @@ from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
 from mnistlab.progress import Progress
-from mnistlab.runs import environment, new_run_dir, read_json, write_json, write_metrics
+from mnistlab.runs import environment, new_run_dir, read_json, remove_partial_files, write_json, write_metrics
 
 
 @dataclass
@@ -204,6 +204,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         cbs.insert(0, Progress(cfg.epochs))
     if write_run and env.is_main:
         run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
+        remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
         write_json(run_dir / "env.json", environment(device, env.world_size, env.backend))
         writer = RunWriter(run_dir, cfg, model, optimizer, scheduler)
