@@ -187,6 +187,8 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         raise ConfigError(f"--resume {resume}: the ranks loaded different checkpoints; every node must read "
                           "the same run directory (shared storage)")
     net: nn.Module = model
+    if env.backend == "nccl":  # batch statistics over the global batch (SyncBatchNorm is CUDA-only)
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # shares the parameters and buffers of `model`
     if cfg.compile:
         net = torch.compile(net)
     if env.active:
