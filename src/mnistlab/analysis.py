@@ -121,3 +121,19 @@ def write_analysis(run_dir: str | Path, facts: dict[str, Any]) -> None:
     atomic_write(run_dir / "accuracy.csv", csv_text(facts["table"], TABLE_COLUMNS))
     write_json(run_dir / "accuracy.json", facts["table"])
     write_json(run_dir / "analysis.json", {k: v for k, v in facts.items() if k != "table"})
+
+
+def analyse_run(run_dir: str | Path, data_dir: str | Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Questions 6 and 7 for a finished run directory: (facts, evaluation). Writes accuracy.csv/json,
+    analysis.json, curves.png, and (through `evaluate_model`) confusion.png, mistakes.png, evaluation.json."""
+    from mnistlab.evaluation import evaluate_model
+    from mnistlab.plots import curves_plot
+    from mnistlab.predict import load_model
+    from mnistlab.runs import read_metrics
+
+    run_dir = Path(run_dir)
+    history = read_metrics(run_dir)
+    facts = analyse(history)
+    write_analysis(run_dir, facts)
+    curves_plot(history, run_dir / "curves.png", title=f"{run_dir.name}: accuracy and loss per epoch")
+    return facts, evaluate_model(load_model(run_dir / "model.safetensors"), "test", data_dir, out=run_dir)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from mnistlab import callable_module
-from mnistlab.analysis import analyse, write_analysis
+from mnistlab.analysis import analyse_run
 from mnistlab.checkpoints import model_metadata
 from mnistlab.experiments import CompareResult, SweepResult, compare, save_state, states_equal, sweep
 from mnistlab.inspect import inspect
@@ -95,19 +95,12 @@ def _inspect(r: LabResult, data_dir, quiet: bool) -> None:
 
 
 def _exercise1(r: LabResult, data_dir, quiet: bool) -> None:
-    from mnistlab.evaluation import evaluate_model
-    from mnistlab.plots import curves_plot
-    from mnistlab.predict import load_model
-
     ex1 = r.run_dir / "exercise1"
     init = init_weights(r.config)
     save_state(init, r.config, ex1 / "initial.safetensors")
     r.step1 = train(config=r.config, out=ex1, data_dir=data_dir, quiet=quiet, init_state=init)
     r.environment = environment(next(r.step1.model.parameters()).device)
-    r.analysis = analyse(r.step1.history)
-    write_analysis(ex1, r.analysis)
-    curves_plot(r.step1.history, ex1 / "curves.png", title="notebook preset: accuracy and loss per epoch")
-    r.evaluation = evaluate_model(load_model(ex1 / "model.safetensors"), "test", data_dir, out=ex1)
+    r.analysis, r.evaluation = analyse_run(ex1, data_dir)
 
 
 def _exercise2(r: LabResult, data_dir, quiet: bool) -> None:

@@ -32,10 +32,9 @@ def code_cells(r) -> dict[str, str]:
             f"\"momentum\": 0.0}}}}, epochs={cfg.epochs}{sub}, {common}out=\"my-lab/exercise3\", "
             "reuse={\"adam\": \"my-lab/exercise1\"})\nprint(\"\\n\".join(cmp.summary))"),
         "Exercise 4": (
-            "import torch\nfrom mnistlab.checkpoints import model_metadata, save_model\n\n"
+            "from mnistlab.checkpoints import model_metadata, save_model\nfrom mnistlab.predict import classify_indices\n\n"
             "save_model(run.model, \"my-lab/model.safetensors\", model_metadata(run.config))\n"
             "loaded = mnistlab.load(\"my-lab/model.safetensors\")  # a fresh model object, nothing executed\n"
-            "from mnistlab.predict import classify_indices\n"
             f"for res in classify_indices(loaded, [0, 1, 2, 3, 4], split=\"train\"{', data_dir=' + repr(r.data_dir) if r.data_dir else ''}):\n"
             "    print(res[\"input\"], res[\"label\"], res[\"prediction\"], max(res[\"probabilities\"]))"),
         "The notebook's two quirks": (
