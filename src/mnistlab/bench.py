@@ -76,9 +76,11 @@ class _Reference:
         test = load_split("mnist", "test", opts.data_dir)
         train = [t[: opts.subset] for t in train] if opts.subset else train
         test = [t[: opts.test_subset] for t in test] if opts.test_subset else test
+        # Workers start the way they would in the notebook's process (fork on Linux), not like this spawned one.
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         dl = torch.utils.data.DataLoader
-        self.train = dl(NotebookMNIST(*train), batch_size=32, shuffle=True, num_workers=2)
-        self.test = dl(NotebookMNIST(*test), batch_size=32, shuffle=False, num_workers=2)
+        self.train = dl(NotebookMNIST(*train), batch_size=32, shuffle=True, num_workers=2, multiprocessing_context=ctx)
+        self.test = dl(NotebookMNIST(*test), batch_size=32, shuffle=False, num_workers=2, multiprocessing_context=ctx)
         self.n, self.device = len(train[1]), device
         torch.manual_seed(0)
         self.net = NotebookNet().to(device)
