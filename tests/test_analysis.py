@@ -31,7 +31,7 @@ CASES = {
 def test_each_verdict(expected):
     facts = analyse(CASES[expected])
     assert facts["verdict"] == expected
-    assert f"**{expected.capitalize()}" in facts["answer"]
+    assert facts["answer"].startswith("**") and f"({expected}).**" in facts["answer"]
 
 
 def test_over_fitting_numbers():

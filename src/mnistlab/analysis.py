@@ -96,20 +96,21 @@ def answer(f: dict[str, Any]) -> str:
            f"{pts(f['gap_change'])} since epoch 1.")
     v = f["verdict"]
     if v == "over-fitting":
-        why = ("**Over-fitting: no.** The model is memorising the training set: test loss was lowest at epoch "
+        why = (f"**No (over-fitting).** Test accuracy has flattened ({pts(f['test_acc_slope'])}/epoch) while the "
+               "model memorises the training set: test loss was lowest at epoch "
                f"{f['min_test_loss_epoch']} ({f['min_test_loss']:.4f}) and is {f['final_test_loss']:.4f} now, while "
                f"train loss keeps falling; the gap grew by {pts(f['gap_growth'])} since the best test epoch. More "
                f"epochs will not help: stop near epoch {f['best_epoch']}, or regularise (augmentation, dropout, "
                "weight decay).")
     elif v == "under-fitting":
-        why = (f"**Under-fitting: yes.** The model fits only {pct(f['final_train_acc'])} of its own training "
+        why = (f"**Yes (under-fitting).** The model fits only {pct(f['final_train_acc'])} of its own training "
                "images: more epochs (or a larger learning rate/model) will raise both curves.")
     elif v == "still improving":
-        why = ("**Still improving: yes, a little.** Test accuracy is still rising by more than "
+        why = ("**Yes, a little (still improving).** Test accuracy is still rising by more than "
                f"{PLATEAU_SLOPE:.2f} pt/epoch, so a few more epochs should help, with diminishing returns; "
                "watch the gap, which signals over-fitting when it grows while test accuracy stalls.")
     else:
-        why = ("**Plateau: hardly.** Test accuracy moves less than "
+        why = ("**Hardly (plateau).** Test accuracy moves less than "
                f"{PLATEAU_SLOPE:.2f} pt/epoch: the network has learned what this model and learning rate allow; "
                "more epochs mostly widen the gap. A lower learning rate or a better model moves it further.")
     return " ".join([why, best, trend, gap])
