@@ -12,7 +12,7 @@ def _list(kind):
         try:
             return [kind(t) for t in text.split(",") if t.strip()]
         except argparse.ArgumentTypeError as e:
-            raise argparse.ArgumentTypeError(f"{e} in {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{e} in {text!r}" if "," in text else str(e)) from None
 
     return parse
 
