@@ -44,3 +44,12 @@ def test_metrics_round_trip(tmp_path):
     write_metrics(tmp_path, rows)
     assert read_metrics(tmp_path) == rows
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc")
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    path = tmp_path / "report.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -29,6 +29,9 @@ import torch
 from mnistlab import __version__
 from mnistlab.errors import MnistlabError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: files get the permissions a plain open() would give them
+
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_s"]
 
 
@@ -40,6 +43,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
