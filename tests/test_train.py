@@ -81,3 +81,13 @@ def test_cli_errors_are_one_line_exit_2(args, message):
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_resume_cannot_stretch_a_one_cycle_schedule(tmp_path):
+    from mnistlab.presets import resolve
+    from mnistlab.runs import write_json
+
+    write_json(tmp_path / "config.json", resolve("fast").to_dict())
+    r = mnistlab("train", "--resume", str(tmp_path), "--epochs", "5")
+    assert r.returncode == 2 and "onecycle schedule spans exactly 2 epochs" in r.stderr
+    assert "Traceback" not in r.stderr

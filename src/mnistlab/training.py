@@ -148,8 +148,12 @@ def train(
     """
     if resume is not None:
         cfg = Config.from_dict(read_json(Path(resume) / "config.json"))
-        if overrides.get("epochs"):
-            cfg.epochs = int(overrides["epochs"])
+        epochs = overrides.get("epochs")
+        if epochs and int(epochs) != cfg.epochs and cfg.schedule in ("onecycle", "cosine"):
+            raise ConfigError(f"--resume {resume}: its {cfg.schedule} schedule spans exactly {cfg.epochs} "
+                              "epochs, so it cannot be extended; start a new run with more --epochs")
+        if epochs:
+            cfg.epochs = int(epochs)
     else:
         cfg = config if config is not None else resolve(preset, **overrides)
     env = distributed.setup(cfg.device)  # the group is left at exit: a later train() reuses it
