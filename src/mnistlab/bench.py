@@ -155,8 +155,10 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 def _contender(name: str, opts: BenchOptions, conn) -> None:
     """Child process: set up `name`, then answer "epoch" / "finish" requests over `conn`."""
     try:
-        from mnistlab.engine import pick_device
+        from mnistlab.engine import pick_device  # importing the engine turns on flush-to-zero
 
+        if name == "reference":  # the notebook runs with the CPU's default floating-point mode
+            torch.set_flush_denormal(False)  # before this process's thread pool starts
         device = pick_device(opts.device)
         c = _Reference(opts, device) if name == "reference" else _Mnistlab(opts, device)
         conn.send(("ready", c.n))
