@@ -89,5 +89,5 @@ def test_resume_cannot_stretch_a_one_cycle_schedule(tmp_path):
 
     write_json(tmp_path / "config.json", resolve("fast").to_dict())
     r = mnistlab("train", "--resume", str(tmp_path), "--epochs", "5")
-    assert r.returncode == 2 and "onecycle schedule spans exactly 2 epochs" in r.stderr
+    assert r.returncode == 2 and "onecycle schedule spans exactly 1 epochs" in r.stderr
     assert "Traceback" not in r.stderr

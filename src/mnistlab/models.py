@@ -104,22 +104,23 @@ def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 
 
 class FastNet(nn.Module):
-    """The `fast` preset's network, after train_mnist_fast: two 3x3 convolutions (c1, c2 channels) each
-    followed by 2x2 max-pooling, then dense c2*5*5 -> hidden -> 10; optional batch norm after each conv."""
+    """The `fast` preset's network, after train_mnist_fast with fewer FLOPs where the image is largest:
+    a 5x5 convolution with stride 2 (c1 channels, 12x12; replaces train_mnist_fast's stride-1 conv + 2x2
+    max-pool, a quarter of the work), a 3x3 convolution (c2 channels, 10x10) + 2x2 max-pool, then dense
+    c2*5*5 -> hidden -> 10. ReLU comes after pooling, where the tensor is four times smaller."""
 
-    def __init__(self, c1: int = 24, c2: int = 32, hidden: int = 256, bn: bool = False) -> None:
+    def __init__(self, c1: int = 24, c2: int = 32, hidden: int = 128) -> None:
         super().__init__()
-        def norm(c: int) -> nn.Module:
-            return nn.BatchNorm2d(c) if bn else nn.Identity()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, c1, 3, bias=not bn), norm(c1), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 13x13
-            nn.Conv2d(c1, c2, 3, bias=not bn), norm(c2), nn.ReLU(inplace=True), nn.MaxPool2d(2),  # 5x5
-            nn.Flatten(),
-        )
-        self.head = nn.Sequential(nn.Linear(c2 * 5 * 5, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 10))
+        self.conv1 = nn.Conv2d(1, c1, 5, stride=2)  # 1x28x28 -> c1x12x12
+        self.conv2 = nn.Conv2d(c1, c2, 3)  # -> c2x10x10 -> pool -> c2x5x5
+        self.fc1 = nn.Linear(c2 * 5 * 5, hidden)
+        self.fc2 = nn.Linear(hidden, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        x = F.relu(self.conv1(x))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
 
 
 class Residual(nn.Sequential):

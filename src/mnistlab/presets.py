@@ -83,17 +83,19 @@ PRESETS: dict[str, Config] = {
     "fast": Config(
         preset="fast",
         model="fast",
-        model_args={"c1": 24, "c2": 32, "hidden": 256},
+        model_args={"c1": 24, "c2": 32, "hidden": 128},
         optimizer="Adam",
         opt_args={"lr": 1e-2, "betas": (0.7, 0.9)},
         batch_size=256,
-        epochs=2,
+        epochs=1,
         schedule="onecycle",
-        schedule_args={"pct_start": 0.25},
+        schedule_args={"pct_start": 0.25, "cycle_momentum": False},
         normalise=MNIST_MEAN_STD,
+        label_smoothing=0.1,
         channels_last=True,
-        description="99% fast: train_mnist_fast's two-conv net, Adam lr 1e-2 betas (0.7, 0.9), one-cycle, "
-        "batch 256, channels_last, 2 epochs (1 epoch gives about 98.9% here).",
+        description="99% fast: a stride-2 5x5 conv, a 3x3 conv + max-pool and dense 800-128-10; Adam lr 1e-2 "
+        "betas (0.7, 0.9) (beta1 fixed: no momentum cycling), one-cycle, label smoothing 0.1, batch 256, "
+        "channels_last, 1 epoch.",
     ),
     "best": Config(
         preset="best",

@@ -75,13 +75,19 @@ class DeviceLoader:
 
     def transform(self, images_u8: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W) -> normalised float (N, 1, H, W) on the device."""
-        x = images_u8.unsqueeze(1).float().mul_(self._scale).add_(self._shift)
+        x = images_u8.unsqueeze(1).mul(self._scale)  # uint8 * float scalar -> float32, in one pass
+        if self._shift:
+            x.add_(self._shift)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (x, y) batch of sample indices `idx` (index_select: ~10x faster than images[idx] here)."""
+        return self.transform(self.images.index_select(0, idx)), self.labels.index_select(0, idx)
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield this rank's (x, y) batches of `epoch`."""
         for idx, _ in self.shard(epoch):
-            yield self.transform(self.images[idx]), self.labels[idx]
+            yield self.batch(idx)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
