@@ -109,7 +109,7 @@ class FastNet(nn.Module):
     max-pool, a quarter of the work), a 3x3 convolution (c2 channels, 10x10) + 2x2 max-pool, then dense
     c2*5*5 -> hidden -> 10. ReLU comes after pooling, where the tensor is four times smaller."""
 
-    def __init__(self, c1: int = 24, c2: int = 32, hidden: int = 128) -> None:
+    def __init__(self, c1: int = 16, c2: int = 32, hidden: int = 128) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, c1, 5, stride=2)  # 1x28x28 -> c1x12x12
         self.conv2 = nn.Conv2d(c1, c2, 3)  # -> c2x10x10 -> pool -> c2x5x5
