@@ -23,7 +23,8 @@ def test_notebook_dataset_matches_totensor(mnist_dir):
 @pytest.fixture(scope="module")
 def quick(mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert main(["bench", "--quick", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out)]) == 0
+    argv = ["bench", "--quick", "--serve", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out)]
+    assert main(argv) == 0
     return out, json.loads((out / "bench.json").read_text())
 
 
@@ -45,11 +46,24 @@ def test_bench_json_has_the_issue_keys(quick):
     assert m["cpu"] and m["cores"] >= 1 and m["torch"] and "gpu" in m
 
 
+def test_bench_serve_load_tests_the_model_it_trained(quick):
+    from mnistlab.checkpoints import read_model
+
+    out, r = quick
+    s = r["serve"]
+    assert s["model"] == str(out / "fast.safetensors") and (out / "serve.json").exists()
+    _, meta, fmt = read_model(out / "fast.safetensors")
+    assert fmt == "safetensors" and meta["preset"] == "fast"
+    assert s["errors"] == 0 and s["requests"] > 0 and s["requests_per_s"] > 0
+    assert 0 < s["p50_ms"] <= s["p99_ms"] and s["clients"] == 8 and 2.5 <= s["seconds"] < 10
+
+
 def test_bench_md_is_the_table(quick):
     out, r = quick
     text = (out / "bench.md").read_text()
     assert text == markdown(r)
     assert "| mnistlab `notebook` preset |" in text and f"{r['speedup']:.2f}x" in text
+    assert f"p50 {r['serve']['p50_ms']} ms" in text
 
 
 def test_bench_rejects_bad_options(capsys):

@@ -44,6 +44,8 @@ class BenchOptions:
     fast_subset: int | None = None
     data_dir: str | None = None
     device: str = "auto"
+    serve_seconds: float = 15.0
+    model_out: str | None = None  # where the `fast` run of the first seed saves its model (for --serve)
 
 
 # ---------------------------------------------------------------- the reference contender (notebook pipeline)
@@ -176,6 +178,7 @@ def _contender(name: str, opts: BenchOptions, conn) -> None:
 def _fast_seeds(opts: BenchOptions, conn) -> None:
     """Child process: train the `fast` preset once per seed; report accuracies and training seconds."""
     try:
+        from mnistlab.checkpoints import model_metadata, save_safetensors
         from mnistlab.training import train
 
         out = []
@@ -183,6 +186,8 @@ def _fast_seeds(opts: BenchOptions, conn) -> None:
             r = train("fast", seed=seed, subset=opts.fast_subset, device=opts.device, data_dir=opts.data_dir,
                       quiet=True, write_run=False)
             out.append((r.test_acc, sum(h["seconds"] for h in r.history)))
+            if opts.model_out and seed == opts.seeds[0]:
+                save_safetensors(r.model, opts.model_out, model_metadata(r.config, {"test_acc": r.test_acc}))
         conn.send(("done", {"results": out, "peak_rss_mb": round(peak_rss_mb(), 1), "config": r.config.to_dict()}))
     except Exception as e:  # noqa: BLE001
         conn.send(("error", f"fast: {type(e).__name__}: {e}"))
@@ -270,17 +275,20 @@ def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=pri
     if opts.epochs < 1 or not opts.seeds:
         raise ConfigError("bench needs at least 1 epoch and 1 seed")
     out_dir = Path(out_dir)
+    if serve:  # checked first: a missing extra should not cost a whole benchmark
+        try:
+            from mnistlab.serve.loadtest import bench_serve
+        except ImportError as e:
+            raise ConfigError(f"--serve needs mnistlab.serve ({e})") from None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        opts.model_out = str(out_dir / "fast.safetensors")  # serve the model this run trains, not runs/'s
     result: dict[str, Any] = {"machine": machine(opts.device), "options": vars(opts) | {"seeds": list(opts.seeds)}}
     t0 = time.perf_counter()
     result.update(compare(opts, log))
     log(f"speedup {result['speedup']:.2f}x; fast preset, {len(opts.seeds)} seeds ...")
     result["fast"] = fast(opts)
     if serve:
-        try:
-            from mnistlab.serve.loadtest import bench_serve
-        except ImportError as e:
-            raise ConfigError(f"--serve needs mnistlab.serve ({e})") from None
-        result["serve"] = bench_serve(model=None, out_dir=out_dir, clients=8, seconds=15)
+        result["serve"] = bench_serve(model=opts.model_out, out_dir=out_dir, clients=8, seconds=opts.serve_seconds)
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_seconds"] = time.perf_counter() - t0
     write_json(out_dir / "bench.json", result)
@@ -319,8 +327,8 @@ def markdown(r: dict[str, Any]) -> str:
     if "serve" in r:
         s = r["serve"]
         lines += ["", f"Serving ({s.get('clients')} clients, {s.get('seconds')} s): p50 {s.get('p50_ms')} ms, "
-                  f"p99 {s.get('p99_ms')} ms, {s.get('requests_per_s')} requests/s."]
+                  f"p99 {s.get('p99_ms')} ms, {s.get('requests_per_s')} requests/s, {s.get('errors')} errors."]
     return "\n".join(lines) + "\n"
 
 
-QUICK = dict(epochs=1, seeds=(0, 1), subset=640, test_subset=500, fast_subset=1024)
+QUICK = dict(epochs=1, seeds=(0, 1), subset=640, test_subset=500, fast_subset=1024, serve_seconds=3.0)

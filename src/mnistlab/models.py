@@ -30,9 +30,9 @@ class NotebookNet(nn.Module):
         self.d2 = nn.Linear(128, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv1(x), inplace=True)  # in place: the same values, one 2.8 MB tensor fewer per step
         x = self.flatten(x)
-        x = F.relu(self.d1(x))
+        x = F.relu(self.d1(x), inplace=True)
         return self.d2(x)
 
 
@@ -117,9 +117,9 @@ class FastNet(nn.Module):
         self.fc2 = nn.Linear(hidden, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv1(x))
-        x = F.relu(F.max_pool2d(self.conv2(x), 2))
-        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        x = F.relu(self.conv1(x), inplace=True)
+        x = F.relu(F.max_pool2d(self.conv2(x), 2), inplace=True)
+        x = F.relu(self.fc1(torch.flatten(x, 1)), inplace=True)
         return self.fc2(x)
 
 
