@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The `best` rows of BENCHMARKS.md: three seeds of the `best` preset (each a full run directory), then their
-# ensemble: what `mnistlab train --preset best --ensemble 3 --out runs/best-ens` does, except that the members
-# train side by side with one thread each (on a CPU shared with other jobs this uses it best; the wall and CPU
-# time of each member are recorded by /usr/bin/time in runs/best-ens.member-<seed>.time).
+# ensemble: what `mnistlab train --preset best --ensemble 3 --out runs/best-ens` does, with the wall and CPU
+# time and peak RSS of each member recorded by /usr/bin/time in runs/best-ens.member-<seed>.time.
+# The members train one after another with torch's default threads; SIDE_BY_SIDE=1 trains them at once with
+# one thread each (what suits a CPU shared with other jobs).
 set -euo pipefail
 OUT=${OUT:-runs/best-ens}
-THREADS=${THREADS:-1}
 mkdir -p "$OUT"
+member() {
+  /usr/bin/time -v mnistlab train --preset best --seed "$1" --out "$OUT/member-$1" "${@:2}" \
+    > "$OUT.member-$1.log" 2> "$OUT.member-$1.time"
+}
 for seed in 0 1 2; do
-  OMP_NUM_THREADS=$THREADS /usr/bin/time -v mnistlab train --preset best --seed "$seed" --out "$OUT/member-$seed" \
-    "$@" > "$OUT.member-$seed.log" 2> "$OUT.member-$seed.time" &
+  if [[ "${SIDE_BY_SIDE:-0}" == 1 ]]; then OMP_NUM_THREADS=1 member "$seed" "$@" & else member "$seed" "$@"; fi
 done
 wait
 for seed in 0 1 2; do
