@@ -35,7 +35,7 @@ def keep_freed_memory() -> None:
 
     By default glibc serves large blocks with mmap and trims the heap as soon as its top is free, so the
     notebook network's 11 MB weight gradient, freed by zero_grad and re-allocated by the next backward, comes
-    back as ~600 fresh zero-filled pages per step (about 8% of the step). Called by fit() on the CPU; a no-op
+    back as hundreds of fresh zero-filled pages per step (6-13% of the step here). Called by fit() on the CPU; a no-op
     where the C library is not glibc.
     """
     try:
