@@ -16,6 +16,7 @@ start-up, data loading and evaluation). Results: `bench.json` and `bench.md` in 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import resource
@@ -281,7 +282,7 @@ def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=pri
         except ImportError as e:
             raise ConfigError(f"--serve needs mnistlab.serve ({e})") from None
         out_dir.mkdir(parents=True, exist_ok=True)
-        opts.model_out = str(out_dir / "fast.safetensors")  # serve the model this run trains, not runs/'s
+        opts = dataclasses.replace(opts, model_out=str(out_dir / "fast.safetensors"))  # serve what it trains
     result: dict[str, Any] = {"machine": machine(opts.device), "options": vars(opts) | {"seeds": list(opts.seeds)}}
     t0 = time.perf_counter()
     result.update(compare(opts, log))

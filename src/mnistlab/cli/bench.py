@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mnistlab.cli.common import add_data_options, positive_int
+from mnistlab.cli.common import add_data_options, add_device_option, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=positive_int, help="epochs per contender (default 1; 5 for the full table)")
     p.add_argument("--seeds", type=positive_int, help="seeds of the `fast` preset (default 5)")
     p.add_argument("--out", default="bench-results", help="output directory (default bench-results)")
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--serve", action="store_true", help="also load-test `mnistlab serve` with the `fast` model this run trains (8 clients, 15 s; 3 s with --quick)")
+    add_device_option(p, default="auto")
+    p.add_argument("--serve", action="store_true", help="also load-test `mnistlab serve` with the `fast` model this "
+                   "run trains (8 clients, 15 s; 3 s with --quick)")
     add_data_options(p)
     p.set_defaults(func=run)
 

@@ -29,6 +29,10 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_device_option(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--device", default=default, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, choices=["mnist", "fashion-mnist"], help="default: mnist")
     p.add_argument("--data-dir", default=None, help="data root holding one folder per dataset (default: $MNISTLAB_DATA, else ~/.cache/mnistlab)")
@@ -44,7 +48,7 @@ def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False)
     p.add_argument("--optimizer", help="any torch.optim class, case-insensitive (adam, sgd, adamw, ...)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="optimizer argument (repeatable)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    add_device_option(p)
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (default auto)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mnistlab.cli.common import add_data_options, positive_int
+from mnistlab.cli.common import add_data_options, add_device_option, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "notebook's quirks, then report.md, report.html and lab_answers.ipynb.")
     p.add_argument("--quick", action="store_true", help="a small subset and few epochs (a first look, CI)")
     p.add_argument("--out", help="directory (default runs/lab-<timestamp>)")
-    p.add_argument("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    add_device_option(p)
     p.add_argument("--jobs", type=positive_int, default=1, help="parallel processes for the sweep")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_data_options(p)
