@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mnistlab.augment import RandomAffine, affine
 from mnistlab.cli import main
@@ -155,9 +156,23 @@ def test_speed_presets_resolve_and_build(preset):
     cfg = resolve(preset)
     model = build_model(cfg.model, **cfg.model_args)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    assert 100_000 < count_params(model) < 1_000_000
+    assert 50_000 < count_params(model) < 1_000_000
     assert cfg.normalise is not None and cfg.schedule == "onecycle"
     assert resolve(preset, epochs=3).epochs == 3
+
+
+def test_fast_net_flattens_in_hwc_order_whatever_the_memory_layout():
+    torch.manual_seed(0)
+    net = build_model("fast", c1=4, c2=6, hidden=8).eval()
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        plain = net(x)
+        cl = net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        # the dense layer's inputs are (height, width, channel): feature 1 is channel 1 of pixel (0, 0)
+        feats = F.max_pool2d(net.conv2(F.relu(net.conv1(x))), 2).relu()
+        by_hand = net.fc2(F.relu(net.fc1(feats.permute(0, 2, 3, 1).reshape(3, -1))))
+    torch.testing.assert_close(plain, cl)
+    torch.testing.assert_close(plain, by_hand)
 
 
 def test_fast_preset_trains_a_step(mnist_dir):
