@@ -112,7 +112,7 @@ class FastNet(nn.Module):
     their memory order, so flattening copies nothing and the gradient comes back in the same layout
     (about 6% of a CPU step saved against the usual channel-first flatten)."""
 
-    def __init__(self, c1: int = 16, c2: int = 24, hidden: int = 128) -> None:
+    def __init__(self, c1: int = 12, c2: int = 24, hidden: int = 128) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, c1, 5, stride=2)  # 1x28x28 -> c1x12x12
         self.conv2 = nn.Conv2d(c1, c2, 3)  # -> c2x10x10 -> pool -> c2x5x5

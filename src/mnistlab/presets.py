@@ -83,7 +83,7 @@ PRESETS: dict[str, Config] = {
     "fast": Config(
         preset="fast",
         model="fast",
-        model_args={"c1": 16, "c2": 24, "hidden": 128},
+        model_args={"c1": 12, "c2": 24, "hidden": 128},
         optimizer="Adam",
         opt_args={"lr": 1.3e-2, "betas": (0.7, 0.9)},
         batch_size=256,
@@ -93,7 +93,7 @@ PRESETS: dict[str, Config] = {
         normalise=MNIST_MEAN_STD,
         label_smoothing=0.1,
         channels_last=True,
-        description="99% fast: a stride-2 5x5 conv (16 ch), a 3x3 conv (24 ch) + max-pool, dense 600-128-10; "
+        description="99% fast: a stride-2 5x5 conv (12 ch), a 3x3 conv (24 ch) + max-pool, dense 600-128-10; "
         "Adam lr 1.3e-2 betas (0.7, 0.9) (beta1 fixed: no momentum cycling), one-cycle, label smoothing 0.1, "
         "batch 256, channels_last, 1 epoch.",
     ),
