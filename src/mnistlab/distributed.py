@@ -38,7 +38,8 @@ class DistEnv:
         return self.world_size > 1
 
 
-def _cpu_count() -> int:
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which taskset and containers narrow)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -65,7 +66,7 @@ def setup(device: str = "auto") -> DistEnv:
         atexit.register(teardown)
     backend = dist.get_backend()
     if backend == "gloo":  # share the CPU's cores between the local ranks instead of oversubscribing them
-        torch.set_num_threads(max(1, _cpu_count() // local_world))
+        torch.set_num_threads(max(1, usable_cpus() // local_world))
     return DistEnv(rank, world, local_rank, local_world, backend)
 
 

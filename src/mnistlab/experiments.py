@@ -13,7 +13,6 @@ import dataclasses
 import itertools
 import json
 import multiprocessing
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from mnistlab.checkpoints import model_metadata, read_safetensors, save_safetensors
+from mnistlab.distributed import usable_cpus
 from mnistlab.errors import ConfigError
 from mnistlab.presets import Config, optimizer_class, parse_value, resolve, validate
 from mnistlab.report.blocks import csv_text, md_table, pct, pts
@@ -378,7 +378,7 @@ def sweep(preset: str = "notebook", lrs: Sequence[float] | None = None, epochs: 
     todo, notes = plan(base, lrs, epochs, batch_sizes, run_dir, reuse, runs)
     jobs = max(1, min(int(jobs), len(todo)))
     if jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        threads = max(1, usable_cpus() // jobs)
         notes.append(f"{len(todo)} runs in {jobs} parallel processes, {threads} CPU thread(s) each")
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
                                  initargs=(threads,)) as pool:
