@@ -42,6 +42,7 @@ def test_bench_json_has_the_issue_keys(quick):
     assert f["seeds"] == [0, 1] and len(f["test_accs"]) == len(f["train_seconds"]) == 2
     assert f["mean_test_acc"] == pytest.approx(sum(f["test_accs"]) / 2)
     assert f["min_test_acc"] == min(f["test_accs"]) and 0 <= f["frac_at_least_99"] <= 1
+    assert f["warmup_images"] == 1024 and f["warmup_seconds"] > 0  # the untimed warm-up is reported, not mixed in
     m = r["machine"]
     assert m["cpu"] and m["cores"] >= 1 and m["torch"] and "gpu" in m
 
