@@ -195,6 +195,13 @@ def test_fast_preset_on_cuda_compiled(mnist_dir):
     assert next(r.model.parameters()).device.type == "cuda"
 
 
+@pytest.mark.gpu
+def test_fast_preset_on_cuda_graphs(mnist_dir):
+    """--cuda-graphs: the compiled model replayed as CUDA graphs (the last, smaller batch gets its own graph)."""
+    r = train("fast", device="cuda", cuda_graphs=True, data_dir=mnist_dir, quiet=True, write_run=False)
+    assert r.config.cuda_graphs and r.test_acc > 98.5 and r.history[0]["train_acc"] > 90
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
 def test_keep_freed_memory_stops_the_per_step_page_faults():
     """A large block freed and allocated again every step costs fresh zero-filled pages every time by default

@@ -70,6 +70,7 @@ def test_double_softmax_squashes_the_loss(mnist_dir):
         (["train", "--lr", "fast"], "expected a positive number"),
         (["train", "--opt", "momentum"], "--opt expects KEY=VALUE"),
         (["train", "--device", "cuda:0"], "no CUDA GPU"),
+        (["train", "--cuda-graphs", "--device", "cpu"], "--cuda-graphs needs a CUDA device; this run is on cpu"),
         (["train", "--resume", "/nonexistent/run"], "not found"),
         (["inspect", "--preset", "nope"], "unknown preset"),
     ],

@@ -204,12 +204,14 @@ def fit(
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     callbacks: Sequence[Callback] = (),
     history: list[dict[str, Any]] | None = None,
+    cuda_graphs: bool = False,
 ) -> list[dict[str, Any]]:
     """Train epochs `start_epoch+1 .. epochs`, evaluating on each of `evals` after every epoch.
 
     Returns the history: one dict per epoch with epoch, train_loss, train_acc, <name>_loss, <name>_acc and
     <name>_n (images evaluated, over all ranks) for each eval loader, seconds (training wall time),
-    eval_seconds, images_per_s and lr.
+    eval_seconds, images_per_s and lr. `cuda_graphs`: the model was compiled with mode "reduce-overhead";
+    each step then tells its CUDA-graph trees that a new iteration begins (the last step's outputs are dead).
     """
     history = list(history or [])
     device = train.device
@@ -228,6 +230,8 @@ def fit(
         _sync(device)
         t0 = time.perf_counter()
         for idx, global_n in steps:
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             x, y = train.batch(idx)
             if augment is not None:
                 x = augment(x)

@@ -43,7 +43,7 @@ DEFAULT_WHY = {
     "Adagrad": "Adagrad's accumulated squared gradients shrink its steps quickly",
 }
 # Settings that do not change what a run computes epoch by epoch.
-NEUTRAL_KEYS = {"epochs", "description", "preset", "device", "compile", "channels_last"}
+NEUTRAL_KEYS = {"epochs", "description", "preset", "device", "compile", "cuda_graphs", "channels_last"}
 
 
 def _jsonable(cfg: Config) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class Config:
     device: str = "auto"
     amp: str = "auto"  # "auto" | "bf16" | "fp16" | "off"
     compile: bool = False
+    cuda_graphs: bool = False  # torch.compile mode "reduce-overhead": the model's steps replayed as CUDA graphs
     channels_last: bool = False
     description: str = ""
 

@@ -164,6 +164,8 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
     ckpt, error = None, None
     try:  # everything a rank can fail at on its own, before the first collective
         device = distributed.rank_device(env, pick_device(cfg.device))
+        if cfg.cuda_graphs and device.type != "cuda":
+            raise ConfigError(f"--cuda-graphs needs a CUDA device; this run is on {device.type}")
         distributed.per_rank_batch(cfg.batch_size, env)  # checks divisibility
         if resume is not None and (Path(resume) / "checkpoint.pt").exists():
             ckpt = load_checkpoint(Path(resume) / "checkpoint.pt")  # every rank loads the same file
@@ -193,8 +195,8 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
     net: nn.Module = model
     if env.backend == "nccl":  # batch statistics over the global batch (SyncBatchNorm is CUDA-only)
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # shares the parameters and buffers of `model`
-    if cfg.compile:
-        net = torch.compile(net)
+    if cfg.compile or cfg.cuda_graphs:
+        net = torch.compile(net, mode="reduce-overhead" if cfg.cuda_graphs else None)
     if env.active:
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
@@ -225,6 +227,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         epochs=cfg.epochs, start_epoch=start_epoch, scheduler=scheduler, schedule_per_step=per_step,
         amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
         double_softmax=cfg.double_softmax, augment=augmenter(cfg), callbacks=cbs, history=history,
+        cuda_graphs=cfg.cuda_graphs,
     )
     if run_dir is not None:
         save_safetensors(model, run_dir / "model.safetensors",

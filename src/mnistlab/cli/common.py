@@ -51,6 +51,8 @@ def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False)
     add_device_option(p)
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (default auto)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--cuda-graphs", action="store_true", default=None,
+                   help="compile and replay the model's steps as CUDA graphs (mode reduce-overhead; CUDA only)")
     p.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
     p.add_argument("--double-softmax", action="store_true", default=None,
                    help="reproduce the notebook's softmax-before-CrossEntropyLoss quirk")
@@ -62,8 +64,8 @@ def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False)
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """The Config overrides the user gave (unset options are None and leave the preset alone)."""
     over: dict[str, Any] = {}
-    for key in ("epochs", "lr", "batch_size", "optimizer", "seed", "device", "amp", "compile", "channels_last",
-                "double_softmax", "subset", "val", "dataset"):
+    for key in ("epochs", "lr", "batch_size", "optimizer", "seed", "device", "amp", "compile", "cuda_graphs",
+                "channels_last", "double_softmax", "subset", "val", "dataset"):
         value = getattr(args, key, None)
         if value is not None:
             over[key] = value
