@@ -163,7 +163,7 @@ def test_speed_presets_resolve_and_build(preset):
 
 def test_fast_net_flattens_in_hwc_order_whatever_the_memory_layout():
     torch.manual_seed(0)
-    net = build_model("fast", c1=4, c2=6, hidden=8).eval()
+    net = build_model("fast", c1=4, c2=6, hidden=8, flatten="hwc").eval()
     x = torch.rand(3, 1, 28, 28)
     with torch.no_grad():
         plain = net(x)
@@ -173,6 +173,12 @@ def test_fast_net_flattens_in_hwc_order_whatever_the_memory_layout():
         by_hand = net.fc2(F.relu(net.fc1(feats.permute(0, 2, 3, 1).reshape(3, -1))))
     torch.testing.assert_close(plain, cl)
     torch.testing.assert_close(plain, by_hand)
+    # the default reads them channel-first, as fast models saved before the preset switched were trained
+    chw = build_model("fast", c1=4, c2=6, hidden=8)
+    chw.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(chw.eval()(x), net.fc2(F.relu(net.fc1(feats.reshape(3, -1)))))
+    assert resolve("fast").model_args["flatten"] == "hwc"
 
 
 def test_fast_preset_trains_a_step(mnist_dir):

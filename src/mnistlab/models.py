@@ -107,13 +107,18 @@ class FastNet(nn.Module):
     """The `fast` preset's network, after train_mnist_fast with fewer FLOPs where the image is largest:
     a 5x5 convolution with stride 2 (c1 channels, 12x12; replaces train_mnist_fast's stride-1 conv + 2x2
     max-pool, a quarter of the work), a 3x3 convolution (c2 channels, 10x10) + 2x2 max-pool, then dense
-    c2*5*5 -> hidden -> 10. ReLU comes after pooling, where the tensor is four times smaller. The dense
-    layer reads the features in (height, width, channel) order: for channels_last activations that is
-    their memory order, so flattening copies nothing and the gradient comes back in the same layout
-    (about 6% of a CPU step saved against the usual channel-first flatten)."""
+    c2*5*5 -> hidden -> 10. ReLU comes after pooling, where the tensor is four times smaller.
 
-    def __init__(self, c1: int = 12, c2: int = 24, hidden: int = 128) -> None:
+    `flatten="hwc"` (the preset's) has the dense layer read the features in (height, width, channel)
+    order: for channels_last activations that is their memory order, so flattening copies nothing and the
+    gradient comes back in the same layout (about 6% of a CPU step saved). "chw", the usual order, is the
+    default so that models saved before the preset switched keep loading with the weights they learned."""
+
+    def __init__(self, c1: int = 12, c2: int = 24, hidden: int = 128, flatten: str = "chw") -> None:
         super().__init__()
+        if flatten not in ("chw", "hwc"):
+            raise ValueError(f"flatten must be 'chw' or 'hwc', got {flatten!r}")
+        self.hwc = flatten == "hwc"
         self.conv1 = nn.Conv2d(1, c1, 5, stride=2)  # 1x28x28 -> c1x12x12
         self.conv2 = nn.Conv2d(c1, c2, 3)  # -> c2x10x10 -> pool -> c2x5x5
         self.fc1 = nn.Linear(c2 * 5 * 5, hidden)
@@ -122,7 +127,8 @@ class FastNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv1(x), inplace=True)
         x = F.relu(F.max_pool2d(self.conv2(x), 2), inplace=True)
-        x = F.relu(self.fc1(x.permute(0, 2, 3, 1).flatten(1)), inplace=True)  # (N, 5*5*c2), HWC order
+        x = x.permute(0, 2, 3, 1).flatten(1) if self.hwc else x.flatten(1)  # (N, 5*5*c2)
+        x = F.relu(self.fc1(x), inplace=True)
         return self.fc2(x)
 
 

@@ -84,7 +84,7 @@ PRESETS: dict[str, Config] = {
     "fast": Config(
         preset="fast",
         model="fast",
-        model_args={"c1": 12, "c2": 24, "hidden": 128},
+        model_args={"c1": 12, "c2": 24, "hidden": 128, "flatten": "hwc"},
         optimizer="Adam",
         opt_args={"lr": 1.3e-2, "betas": (0.7, 0.9)},
         batch_size=256,
