@@ -166,6 +166,8 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         device = distributed.rank_device(env, pick_device(cfg.device))
         if cfg.cuda_graphs and device.type != "cuda":
             raise ConfigError(f"--cuda-graphs needs a CUDA device; this run is on {device.type}")
+        if cfg.cuda_graphs and env.active:  # DDP's gradient all-reduce hooks run outside the recorded graphs
+            raise ConfigError("--cuda-graphs is for one process; under torchrun use --compile")
         distributed.per_rank_batch(cfg.batch_size, env)  # checks divisibility
         if resume is not None and (Path(resume) / "checkpoint.pt").exists():
             ckpt = load_checkpoint(Path(resume) / "checkpoint.pt")  # every rank loads the same file
