@@ -69,6 +69,7 @@ def test_double_softmax_squashes_the_loss(mnist_dir):
         (["train", "--optimizer", "adamm"], "unknown optimizer 'adamm'"),
         (["train", "--lr", "fast"], "expected a positive number"),
         (["train", "--opt", "momentum"], "--opt expects KEY=VALUE"),
+        (["train", "--ema", "1.5"], "ema must be a decay in [0, 1), got 1.5"),
         (["train", "--device", "cuda:0"], "no CUDA GPU"),
         (["train", "--cuda-graphs", "--device", "cpu"], "--cuda-graphs needs a CUDA device; this run is on cpu"),
         (["train", "--resume", "/nonexistent/run"], "not found"),

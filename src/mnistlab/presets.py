@@ -35,6 +35,7 @@ class Config:
     normalise: tuple[float, float] | None = None  # (mean, std) applied after scaling pixels to [0, 1]
     label_smoothing: float = 0.0
     augment: dict[str, Any] | None = None  # on-device random affine: {"translate": px, "rotate": deg, ...}
+    ema: float = 0.0  # weight averaging: decay of a moving average of the weights, evaluated and saved (0 = off)
     double_softmax: bool = False  # the notebook's quirk: softmax before CrossEntropyLoss
     dataset: str = "mnist"
     subset: int | None = None  # train on the first N training images
@@ -161,6 +162,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"subset must be at least 1, got {cfg.subset}")
     if cfg.val < 0:
         raise ConfigError(f"val must be 0 or more, got {cfg.val}")
+    if not 0.0 <= float(cfg.ema) < 1.0:
+        raise ConfigError(f"ema must be a decay in [0, 1), got {cfg.ema}")
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"amp must be auto, bf16, fp16 or off, got {cfg.amp!r}")
     if cfg.schedule not in (None, "step", "onecycle", "cosine"):

@@ -85,12 +85,34 @@ def augmenter(cfg: Config):
     return RandomAffine(**cfg.augment)
 
 
+class WeightAverage:
+    """Engine callback: after every optimizer step, fold the weights (and batch-norm statistics) into an
+    exponential moving average with decay `cfg.ema` (torch.optim.swa_utils); the average is what gets
+    evaluated and saved."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.model = model
+        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        pass
+
+    def on_step(self) -> None:
+        self.average.update_parameters(self.model)
+
+    def on_epoch_end(self, metrics: dict[str, Any]) -> None:
+        pass
+
+
 class RunWriter:
     """Engine callback: after every epoch, metrics files and an atomic checkpoint in the run directory."""
 
-    def __init__(self, run_dir: Path, cfg: Config, model: nn.Module, optimizer, scheduler) -> None:
+    def __init__(self, run_dir: Path, cfg: Config, model: nn.Module, optimizer, scheduler,
+                 average: nn.Module | None = None) -> None:
         self.run_dir, self.cfg = run_dir, cfg
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.model, self.optimizer, self.scheduler, self.average = model, optimizer, scheduler, average
         self.history: list[dict[str, Any]] = []
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
@@ -111,6 +133,7 @@ class RunWriter:
             "rng": rng_state(),
             "history": self.history,
             "meta": model_metadata(self.cfg),
+            "ema": self.average.state_dict() if self.average is not None else None,
         })
 
 
@@ -161,7 +184,7 @@ def train(
 
 
 def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callbacks) -> TrainResult:
-    ckpt, error = None, None
+    ckpt, error, averager = None, None, None
     try:  # everything a rank can fail at on its own, before the first collective
         device = distributed.rank_device(env, pick_device(cfg.device))
         if cfg.cuda_graphs and device.type != "cuda":
@@ -186,6 +209,9 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
             if not env.active:  # DDP ranks reseed every epoch (distributed.RankSeed)
                 set_rng_state(ckpt["rng"])
             history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
+        averager = WeightAverage(model, cfg.ema) if cfg.ema else None
+        if averager is not None and ckpt is not None and ckpt.get("ema") is not None:
+            averager.average.load_state_dict(ckpt["ema"])
     except Exception as e:  # noqa: BLE001 - re-raised by agree, after telling the other ranks
         error = e
     distributed.agree(env, error)
@@ -206,6 +232,8 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
 
     run_dir = None
     cbs = list(callbacks)
+    if averager is not None:
+        cbs.insert(0, averager)
     if env.active:
         cbs.insert(0, distributed.RankSeed(cfg.seed, env.rank))
     if env.is_main and not quiet:
@@ -217,7 +245,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
         write_json(run_dir / "env.json", environment(device, env.world_size, env.backend))
-        writer = RunWriter(run_dir, cfg, model, optimizer, scheduler)
+        writer = RunWriter(run_dir, cfg, model, optimizer, scheduler, averager and averager.average)
         writer.history = list(history)
         cbs.append(writer)
 
@@ -229,13 +257,14 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         epochs=cfg.epochs, start_epoch=start_epoch, scheduler=scheduler, schedule_per_step=per_step,
         amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
         double_softmax=cfg.double_softmax, augment=augmenter(cfg), callbacks=cbs, history=history,
-        cuda_graphs=cfg.cuda_graphs,
+        cuda_graphs=cfg.cuda_graphs, eval_model=averager and averager.average,
     )
+    final = model if averager is None else averager.average.module  # the weights that were evaluated
     if run_dir is not None:
-        save_safetensors(model, run_dir / "model.safetensors",
+        save_safetensors(final, run_dir / "model.safetensors",
                          model_metadata(cfg, {"test_acc": history[-1]["test_acc"] if history else None}))
     distributed.barrier(env)
-    return TrainResult(run_dir, cfg, history, model.eval())
+    return TrainResult(run_dir, cfg, history, final.eval())
 
 
 def init_weights(cfg: Config) -> dict[str, torch.Tensor]:

@@ -56,6 +56,8 @@ def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False)
     p.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
     p.add_argument("--double-softmax", action="store_true", default=None,
                    help="reproduce the notebook's softmax-before-CrossEntropyLoss quirk")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="weight averaging: evaluate and save a moving average of the weights (e.g. 0.999)")
     p.add_argument("--subset", type=positive_int, help="train on the first N training images")
     p.add_argument("--val", type=int, help="hold out N training images as a validation split")
     add_data_options(p)
@@ -65,7 +67,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """The Config overrides the user gave (unset options are None and leave the preset alone)."""
     over: dict[str, Any] = {}
     for key in ("epochs", "lr", "batch_size", "optimizer", "seed", "device", "amp", "compile", "cuda_graphs",
-                "channels_last", "double_softmax", "subset", "val", "dataset"):
+                "channels_last", "double_softmax", "ema", "subset", "val", "dataset"):
         value = getattr(args, key, None)
         if value is not None:
             over[key] = value

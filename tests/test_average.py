@@ -1,0 +1,56 @@
+"""Weight averaging (`--ema`): the moving average of the weights is what is evaluated, saved and resumed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mnistlab.checkpoints import load_checkpoint, read_safetensors
+from mnistlab.engine import evaluate
+from mnistlab.training import WeightAverage, load_data, train
+
+
+def test_weight_average_copies_first_then_follows_an_ema_of_weights_and_buffers():
+    net = nn.BatchNorm1d(1)  # one weight and one running-mean buffer
+    avg = WeightAverage(net, decay=0.75)
+    values = [1.0, 2.0, 4.0]
+    for v in values:
+        with torch.no_grad():
+            net.weight.fill_(v)
+            net.running_mean.fill_(v)
+        avg.on_step()
+    expected = values[0]
+    for v in values[1:]:
+        expected = 0.75 * expected + 0.25 * v
+    assert avg.average.module.weight.item() == pytest.approx(expected)  # 1 -> 1.25 -> 1.9375
+    assert avg.average.module.running_mean.item() == pytest.approx(expected)
+    assert net.weight.item() == 4.0  # the model itself is untouched
+
+
+def test_ema_changes_what_is_evaluated_not_how_it_trains(mnist_dir, tmp_path):
+    common = dict(epochs=2, subset=2048, seed=3, data_dir=mnist_dir, quiet=True)
+    plain = train("notebook", write_run=False, **common)
+    averaged = train("notebook", ema=0.9, out=tmp_path, **common)
+    # the same trajectory: averaging never feeds back into training
+    assert [r["train_loss"] for r in averaged.history] == [r["train_loss"] for r in plain.history]
+    raw = load_checkpoint(averaged.run_dir / "checkpoint.pt")["model"]
+    for k, v in plain.model.state_dict().items():
+        torch.testing.assert_close(raw[k], v, rtol=0, atol=0)
+    # ...but the evaluated, returned and saved weights are the average, which differs from the raw ones
+    saved, _ = read_safetensors(averaged.run_dir / "model.safetensors")
+    assert not torch.equal(saved["d1.weight"], raw["d1.weight"])
+    for k, v in averaged.model.state_dict().items():
+        torch.testing.assert_close(saved[k], v, rtol=0, atol=0)
+    data = load_data(averaged.config, torch.device("cpu"), mnist_dir)
+    assert evaluate(averaged.model, data.evals["test"])["acc"] == averaged.history[-1]["test_acc"]
+
+
+def test_ema_survives_resume(mnist_dir, tmp_path):
+    common = dict(subset=1024, seed=1, ema=0.8, data_dir=mnist_dir, quiet=True)
+    whole = train("notebook", epochs=2, out=tmp_path / "whole", **common)
+    first = train("notebook", epochs=1, out=tmp_path / "parts", **common)
+    resumed = train("notebook", epochs=2, resume=first.run_dir, data_dir=mnist_dir, quiet=True)
+    assert resumed.history[-1]["test_acc"] == whole.history[-1]["test_acc"]
+    for k, v in whole.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0)
