@@ -2,30 +2,45 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from mnistlab.checkpoints import load_checkpoint, read_safetensors
 from mnistlab.engine import evaluate
 from mnistlab.training import WeightAverage, load_data, train
 
 
-def test_weight_average_copies_first_then_follows_an_ema_of_weights_and_buffers():
-    net = nn.BatchNorm1d(1)  # one weight and one running-mean buffer
-    avg = WeightAverage(net, decay=0.75)
+def test_weight_average_copies_first_then_follows_an_ema():
+    net = nn.Linear(1, 1, bias=False)
+    avg = WeightAverage(net, decay=0.75, train=None)
     values = [1.0, 2.0, 4.0]
     for v in values:
         with torch.no_grad():
             net.weight.fill_(v)
-            net.running_mean.fill_(v)
         avg.on_step()
     expected = values[0]
     for v in values[1:]:
         expected = 0.75 * expected + 0.25 * v
     assert avg.average.module.weight.item() == pytest.approx(expected)  # 1 -> 1.25 -> 1.9375
-    assert avg.average.module.running_mean.item() == pytest.approx(expected)
     assert net.weight.item() == 4.0  # the model itself is untouched
+    assert avg.for_eval() is avg.average  # no batch norm: nothing to recompute
+
+
+def test_batch_norm_statistics_are_those_of_the_averaged_weights(mnist_dir):
+    r = train("best", epochs=1, subset=512, ema=0.9, device="cpu", data_dir=mnist_dir, quiet=True,
+              write_run=False)
+    data = load_data(r.config, torch.device("cpu"), mnist_dir)
+    fresh = copy.deepcopy(r.model)
+    update_bn((x for x, _ in data.train.epoch(0)), fresh)  # recomputed from scratch for these weights
+    bn = [k for k in r.model.state_dict() if k.endswith(("running_mean", "running_var"))]
+    assert bn
+    for k in bn:
+        torch.testing.assert_close(r.model.state_dict()[k], fresh.state_dict()[k])
+    assert evaluate(r.model, data.evals["test"])["acc"] == r.history[-1]["test_acc"]
 
 
 def test_ema_changes_what_is_evaluated_not_how_it_trains(mnist_dir, tmp_path):

@@ -205,7 +205,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     history: list[dict[str, Any]] | None = None,
     cuda_graphs: bool = False,
-    eval_model: nn.Module | None = None,
+    eval_model: Callable[[], nn.Module] | None = None,
 ) -> list[dict[str, Any]]:
     """Train epochs `start_epoch+1 .. epochs`, evaluating on each of `evals` after every epoch.
 
@@ -213,7 +213,8 @@ def fit(
     <name>_n (images evaluated, over all ranks) for each eval loader, seconds (training wall time),
     eval_seconds, images_per_s and lr. `cuda_graphs`: the model was compiled with mode "reduce-overhead";
     each step then tells its CUDA-graph trees that a new iteration begins (the last step's outputs are dead).
-    `eval_model` (e.g. a weight average that a callback updates) is evaluated instead of `model`.
+    `eval_model`, when given, is called after each epoch for the module to evaluate instead of `model` (e.g.
+    a weight average that a callback updates).
     """
     history = list(history or [])
     device = train.device
@@ -263,8 +264,9 @@ def fit(
             "train_acc": 100.0 * correct / n,
         }
         t1 = time.perf_counter()
+        judged = model if eval_model is None else eval_model()
         for name, loader in evals.items():
-            m = evaluate(model if eval_model is None else eval_model, loader, amp, double_softmax)
+            m = evaluate(judged, loader, amp, double_softmax)
             row[f"{name}_loss"], row[f"{name}_acc"], row[f"{name}_n"] = m["loss"], m["acc"], m["n"]
         row.update(seconds=seconds, eval_seconds=time.perf_counter() - t1, images_per_s=n / seconds, lr=lr)
         history.append(row)

@@ -86,15 +86,20 @@ def augmenter(cfg: Config):
 
 
 class WeightAverage:
-    """Engine callback: after every optimizer step, fold the weights (and batch-norm statistics) into an
-    exponential moving average with decay `cfg.ema` (torch.optim.swa_utils); the average is what gets
-    evaluated and saved."""
+    """Engine callback: after every optimizer step, fold the weights into an exponential moving average with
+    decay `cfg.ema` (torch.optim.swa_utils); the average is what gets evaluated and saved.
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    Batch-norm statistics are not averaged but recomputed for the averaged weights before each evaluation,
+    with one forward pass over the training images: the running statistics of the many models along the
+    trajectory do not describe their average (averaging them gave 97.06% instead of 99.74% in `best`).
+    """
+
+    def __init__(self, model: nn.Module, decay: float, train: DeviceLoader) -> None:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        self.model = model
-        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.model, self.train = model, train
+        self.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=not self.has_bn)
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
         pass
@@ -104,6 +109,14 @@ class WeightAverage:
 
     def on_epoch_end(self, metrics: dict[str, Any]) -> None:
         pass
+
+    def for_eval(self) -> nn.Module:
+        """The average, with batch-norm statistics of its own."""
+        if self.has_bn:
+            from torch.optim.swa_utils import update_bn
+
+            update_bn((x for x, _ in self.train.epoch(0)), self.average)
+        return self.average
 
 
 class RunWriter:
@@ -209,7 +222,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
             if not env.active:  # DDP ranks reseed every epoch (distributed.RankSeed)
                 set_rng_state(ckpt["rng"])
             history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
-        averager = WeightAverage(model, cfg.ema) if cfg.ema else None
+        averager = WeightAverage(model, cfg.ema, data.train) if cfg.ema else None
         if averager is not None and ckpt is not None and ckpt.get("ema") is not None:
             averager.average.load_state_dict(ckpt["ema"])
     except Exception as e:  # noqa: BLE001 - re-raised by agree, after telling the other ranks
@@ -257,7 +270,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         epochs=cfg.epochs, start_epoch=start_epoch, scheduler=scheduler, schedule_per_step=per_step,
         amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
         double_softmax=cfg.double_softmax, augment=augmenter(cfg), callbacks=cbs, history=history,
-        cuda_graphs=cfg.cuda_graphs, eval_model=averager and averager.average,
+        cuda_graphs=cfg.cuda_graphs, eval_model=averager and averager.for_eval,
     )
     final = model if averager is None else averager.average.module  # the weights that were evaluated
     if run_dir is not None:
