@@ -189,7 +189,8 @@ def _fast_seeds(opts: BenchOptions, conn) -> None:
 
         # One untimed warm-up on WARMUP_IMAGES: kernel selection (oneDNN primitives, cuDNN), the allocator's
         # first growth and CUDA context start-up are per-process costs, not per-training ones.
-        warm = run(opts.seeds[0], min(opts.fast_subset or WARMUP_IMAGES, WARMUP_IMAGES))
+        warm_images = min(opts.fast_subset or WARMUP_IMAGES, WARMUP_IMAGES)
+        warm = run(opts.seeds[0], warm_images)
         out = []
         for seed in opts.seeds:
             r = run(seed, opts.fast_subset)
@@ -197,8 +198,8 @@ def _fast_seeds(opts: BenchOptions, conn) -> None:
             if opts.model_out and seed == opts.seeds[0]:
                 save_safetensors(r.model, opts.model_out, model_metadata(r.config, {"test_acc": r.test_acc}))
         warmup = sum(h["seconds"] for h in warm.history)
-        conn.send(("done", {"results": out, "warmup_seconds": warmup, "peak_rss_mb": round(peak_rss_mb(), 1),
-                            "config": r.config.to_dict()}))
+        conn.send(("done", {"results": out, "warmup_seconds": warmup, "warmup_images": warm_images,
+                            "peak_rss_mb": round(peak_rss_mb(), 1), "config": r.config.to_dict()}))
     except Exception as e:  # noqa: BLE001
         conn.send(("error", f"fast: {type(e).__name__}: {e}"))
 
@@ -266,7 +267,7 @@ def fast(opts: BenchOptions) -> dict[str, Any]:
         "mean_test_acc": sum(accs) / len(accs), "min_test_acc": min(accs),
         "frac_at_least_99": sum(a >= 99.0 for a in accs) / len(accs),
         "mean_train_seconds": sum(secs) / len(secs), "warmup_seconds": res["warmup_seconds"],
-        "warmup_images": min(opts.fast_subset or WARMUP_IMAGES, WARMUP_IMAGES), "peak_rss_mb": res["peak_rss_mb"],
+        "warmup_images": res["warmup_images"], "peak_rss_mb": res["peak_rss_mb"],
         "subset": opts.fast_subset, "config": res["config"],
     }
 

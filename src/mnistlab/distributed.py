@@ -13,11 +13,11 @@ import atexit
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from mnistlab.engine import Callback
 from mnistlab.errors import ConfigError, MnistlabError
 
 
@@ -125,7 +125,7 @@ def same_everywhere(env: DistEnv, values: Sequence[float]) -> bool:
     return bool(torch.equal(lo, hi))
 
 
-class RankSeed:
+class RankSeed(Callback):
     """Engine callback under DDP: seed torch's RNGs at every epoch start from (seed, epoch, rank).
 
     Ranks draw different dropout masks and augmentations for their different shards, and an epoch's draws
@@ -139,11 +139,6 @@ class RankSeed:
     def on_epoch_start(self, epoch: int, steps: int) -> None:
         torch.manual_seed(((self.seed * 1_000_003 + epoch) * 65_537 + self.rank) % 2**63)
 
-    def on_step(self) -> None:
-        pass
-
-    def on_epoch_end(self, row: dict[str, Any]) -> None:
-        pass
 
 
 def barrier(env: DistEnv) -> None:

@@ -12,7 +12,7 @@ import ctypes
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -128,10 +128,17 @@ def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoc
 
 
 # ---------------------------------------------------------------- the loop
-class Callback(Protocol):
-    def on_epoch_start(self, epoch: int, steps: int) -> None: ...
-    def on_step(self) -> None: ...
-    def on_epoch_end(self, metrics: dict[str, Any]) -> None: ...
+class Callback:
+    """What fit() calls around the loop; subclasses override the hooks they need (the rest do nothing)."""
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        pass
+
+    def on_step(self) -> None:
+        pass
+
+    def on_epoch_end(self, metrics: dict[str, Any]) -> None:
+        pass
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0, double_softmax: bool = False,

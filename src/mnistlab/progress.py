@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from mnistlab.engine import Callback
+
 
 def format_epoch(row: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}",
@@ -16,7 +18,7 @@ def format_epoch(row: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
-class Progress:
+class Progress(Callback):
     """Engine callback: a bar per epoch when `stream` is a terminal, one line per epoch always."""
 
     def __init__(self, epochs: int, stream: TextIO | None = None, quiet: bool = False) -> None:

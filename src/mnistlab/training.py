@@ -12,12 +12,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from mnistlab import distributed
 from mnistlab.checkpoints import load_checkpoint, model_metadata, save_checkpoint, save_safetensors, unwrap
 from mnistlab.data import load_split
 from mnistlab.data.loader import DeviceLoader
-from mnistlab.engine import amp_dtype, fit, make_optimizer, make_scheduler, pick_device
+from mnistlab.engine import Callback, amp_dtype, fit, make_optimizer, make_scheduler, pick_device
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
@@ -85,7 +86,7 @@ def augmenter(cfg: Config):
     return RandomAffine(**cfg.augment)
 
 
-class WeightAverage:
+class WeightAverage(Callback):
     """Engine callback: after every optimizer step, fold the weights into an exponential moving average with
     decay `cfg.ema` (torch.optim.swa_utils); the average is what gets evaluated and saved.
 
@@ -95,31 +96,21 @@ class WeightAverage:
     """
 
     def __init__(self, model: nn.Module, decay: float, train: DeviceLoader) -> None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
         self.model, self.train = model, train
         self.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=not self.has_bn)
 
-    def on_epoch_start(self, epoch: int, steps: int) -> None:
-        pass
-
     def on_step(self) -> None:
         self.average.update_parameters(self.model)
-
-    def on_epoch_end(self, metrics: dict[str, Any]) -> None:
-        pass
 
     def for_eval(self) -> nn.Module:
         """The average, with batch-norm statistics of its own."""
         if self.has_bn:
-            from torch.optim.swa_utils import update_bn
-
             update_bn((x for x, _ in self.train.epoch(0)), self.average)
         return self.average
 
 
-class RunWriter:
+class RunWriter(Callback):
     """Engine callback: after every epoch, metrics files and an atomic checkpoint in the run directory."""
 
     def __init__(self, run_dir: Path, cfg: Config, model: nn.Module, optimizer, scheduler,
@@ -127,12 +118,6 @@ class RunWriter:
         self.run_dir, self.cfg = run_dir, cfg
         self.model, self.optimizer, self.scheduler, self.average = model, optimizer, scheduler, average
         self.history: list[dict[str, Any]] = []
-
-    def on_epoch_start(self, epoch: int, steps: int) -> None:
-        pass
-
-    def on_step(self) -> None:
-        pass
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         self.history.append(row)
@@ -258,7 +243,8 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
         write_json(run_dir / "env.json", environment(device, env.world_size, env.backend))
-        writer = RunWriter(run_dir, cfg, model, optimizer, scheduler, averager and averager.average)
+        writer = RunWriter(run_dir, cfg, model, optimizer, scheduler,
+                           averager.average if averager else None)
         writer.history = list(history)
         cbs.append(writer)
 
@@ -270,7 +256,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         epochs=cfg.epochs, start_epoch=start_epoch, scheduler=scheduler, schedule_per_step=per_step,
         amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
         double_softmax=cfg.double_softmax, augment=augmenter(cfg), callbacks=cbs, history=history,
-        cuda_graphs=cfg.cuda_graphs, eval_model=averager and averager.for_eval,
+        cuda_graphs=cfg.cuda_graphs, eval_model=averager.for_eval if averager else None,
     )
     final = model if averager is None else averager.average.module  # the weights that were evaluated
     if run_dir is not None:
