@@ -19,5 +19,5 @@ for seed in 0 1 2; do
   tail -2 "$OUT.member-$seed.log"
   grep -E "User time|System time|Elapsed|Maximum resident" "$OUT.member-$seed.time"
 done
-python -m mnistlab.ensemble "$OUT"/member-* > "$OUT.json"
+mnistlab evaluate $(printf -- "--model %s " "$OUT"/member-*) --format json > "$OUT.json"
 cat "$OUT.json"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.models import register
-from mnistlab.training import train
+from mnistlab.training.run import train
 
 
 @register("train-mnist-fast")

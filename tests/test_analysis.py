@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mnistlab.analysis import accuracy_table, analyse, write_analysis
-from mnistlab.report.blocks import pct
+from mnistlab.exercises.analysis import accuracy_table, analyse, write_analysis
+from mnistlab.tables import pct
 
 
 def series(train_acc, test_acc, train_loss=None, test_loss=None):

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from mnistlab.checkpoints import load_checkpoint, read_safetensors
-from mnistlab.engine import evaluate
-from mnistlab.training import WeightAverage, load_data, train
+from mnistlab.files.checkpoints import load_checkpoint, read_safetensors
+from mnistlab.training.engine import evaluate
+from mnistlab.training.run import WeightAverage, load_data, train
 
 
 def test_weight_average_copies_first_then_follows_an_ema():

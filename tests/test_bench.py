@@ -48,7 +48,7 @@ def test_bench_json_has_the_issue_keys(quick):
 
 
 def test_bench_serve_load_tests_the_model_it_trained(quick):
-    from mnistlab.checkpoints import read_model
+    from mnistlab.files.checkpoints import read_model
 
     out, r = quick
     s = r["serve"]

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnistlab import distributed
-from mnistlab.checkpoints import load_checkpoint, model_from, read_safetensors
 from mnistlab.data import load_split
 from mnistlab.data.loader import DeviceLoader
-from mnistlab.distributed import DistEnv, RankSeed
-from mnistlab.engine import evaluate
 from mnistlab.errors import ConfigError, DataError
-from mnistlab.training import train
+from mnistlab.files.checkpoints import load_checkpoint, model_from, read_safetensors
+from mnistlab.training import distributed
+from mnistlab.training.distributed import DistEnv, RankSeed
+from mnistlab.training.engine import evaluate
+from mnistlab.training.run import train
 
 RECIPE = dict(optimizer="sgd", lr=0.02, opt_args={"momentum": 0.9}, batch_size=64, subset=2000, seed=3)
 RECIPE_ARGS = ["--preset", "notebook", "--optimizer", "sgd", "--lr", "0.02", "--opt", "momentum=0.9",
@@ -139,7 +139,7 @@ def test_a_rank_failing_alone_stops_every_rank(tmp_path, mnist_dir):
     """Rank 1 cannot load its data: rank 0 must stop too (not wait in DDP's first collective) and say why."""
     script = tmp_path / "fail.py"
     script.write_text(
-        "import os, sys\nimport mnistlab.training as t\nfrom mnistlab.cli import main\n"
+        "import os, sys\nimport mnistlab.training.run as t\nfrom mnistlab.cli import main\n"
         "from mnistlab.errors import DataError\nload = t.load_data\n"
         "def load_data(*a, **k):\n"
         "    if os.environ['RANK'] == '1':\n        raise DataError('no MNIST under /nowhere')\n"

@@ -10,12 +10,13 @@ import sys
 import pytest
 import torch
 
-from mnistlab.checkpoints import read_safetensors
 from mnistlab.errors import ConfigError
-from mnistlab.experiments import compare, parse_optimizers, parse_scoped_opts, sweep
+from mnistlab.experiments.compare import compare, parse_optimizers, parse_scoped_opts
+from mnistlab.experiments.sweep import sweep
+from mnistlab.files.checkpoints import read_safetensors
+from mnistlab.files.runs import read_json, read_metrics
 from mnistlab.presets import Config, resolve
-from mnistlab.runs import read_json, read_metrics
-from mnistlab.training import init_weights, train
+from mnistlab.training.run import init_weights, train
 
 KEYS = ["train_loss", "train_acc", "test_loss", "test_acc"]
 

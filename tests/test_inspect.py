@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from mnistlab.inspect import inspect
+from mnistlab.exercises.anatomy import inspect
 
 
 def test_inspect_notebook_json():

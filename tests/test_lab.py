@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from mnistlab.errors import UnsafeFileError
-from mnistlab.predict import load_model
-from mnistlab.runs import read_metrics
+from mnistlab.files.runs import read_metrics
+from mnistlab.use.predict import load_model
 
 ARTIFACTS = [
     "report.md", "report.html", "lab_answers.ipynb", "summary.json",
@@ -135,10 +135,15 @@ def test_quirks_are_measured(lab_run):
 
 def test_python_api_names():
     import mnistlab
-    import mnistlab.inspect  # the submodule, imported: mnistlab.inspect(...) still answers
-    from mnistlab.experiments import compare, sweep
-    from mnistlab.predict import load_model
+    import mnistlab.exercises.anatomy  # importing the submodules does not shadow the API's functions
+    import mnistlab.exercises.runner
+    import mnistlab.use.predict
+    from mnistlab.experiments.compare import compare
+    from mnistlab.experiments.sweep import sweep
+    from mnistlab.use.evaluate import evaluate_model
+    from mnistlab.use.predict import load_model
 
     assert mnistlab.inspect("notebook")["batch_size"] == 32
     assert mnistlab.compare is compare and mnistlab.sweep is sweep and mnistlab.load is load_model
+    assert mnistlab.evaluate is evaluate_model and mnistlab.predict is mnistlab.use.predict
     assert callable(mnistlab.train) and callable(mnistlab.lab) and mnistlab.predict.classify_images

@@ -1,4 +1,4 @@
-"""Safe image decoding and MNIST-style preprocessing (mnistlab.preprocess)."""
+"""Safe image decoding and MNIST-style preprocessing (mnistlab.data.preprocess)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, features
 
+from mnistlab.data.preprocess import MAX_PIXELS, decode_image, from_pixels, prepare_batch, to_mnist
 from mnistlab.errors import InputImageError
-from mnistlab.preprocess import MAX_PIXELS, decode_image, from_pixels, prepare_batch, to_mnist
 
 # Strokes in a unit square scaled to the canvas height; on a wide canvas the digit sits off-centre on purpose.
 SHAPES = {

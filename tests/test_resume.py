@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mnistlab.checkpoints import load_checkpoint
+from mnistlab.files.checkpoints import load_checkpoint
 
 TIMING = {"seconds", "eval_seconds", "images_per_s"}  # wall-clock columns, the only ones allowed to differ
 TRAIN = [sys.executable, "-m", "mnistlab", "train", "--preset", "notebook", "--epochs", "3", "--subset", "2000",
@@ -69,7 +69,7 @@ def test_sigkill_in_epoch_2_then_resume_equals_an_uninterrupted_run(mnist_dir, t
 
 WRITER = """
 import sys, torch
-from mnistlab.checkpoints import save_checkpoint
+from mnistlab.files.checkpoints import save_checkpoint
 i = int(sys.argv[2])
 print("ready", flush=True)
 while True:

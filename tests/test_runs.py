@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mnistlab.runs import atomic_path, latest_run, read_metrics, remove_partial_files, write_metrics
+from mnistlab.files.runs import atomic_path, latest_run, read_metrics, remove_partial_files, write_metrics
 
 
 def test_atomic_path_leaves_old_file_on_failure(tmp_path):

@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 from mnistlab.data import load_split
+from mnistlab.data.preprocess import decode_image, from_pixels, to_mnist
 from mnistlab.errors import DataError
-from mnistlab.predict import load_model
-from mnistlab.preprocess import decode_image, from_pixels, to_mnist
 from mnistlab.serve import MAX_UPLOAD, create_app
 from mnistlab.serve.loadtest import bench_serve
+from mnistlab.use.predict import load_model
 
 with warnings.catch_warnings():  # starlette's TestClient warns that it will move to httpx2
     warnings.simplefilter("ignore")

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from mnistlab.checkpoints import load_checkpoint
-from mnistlab.training import train
+from mnistlab.files.checkpoints import load_checkpoint
+from mnistlab.training.run import train
 
 
 def mnistlab(*args, **kw):
@@ -86,8 +86,8 @@ def test_cli_errors_are_one_line_exit_2(args, message):
 
 
 def test_resume_cannot_stretch_a_one_cycle_schedule(tmp_path):
+    from mnistlab.files.runs import write_json
     from mnistlab.presets import resolve
-    from mnistlab.runs import write_json
 
     write_json(tmp_path / "config.json", resolve("fast").to_dict())
     r = mnistlab("train", "--resume", str(tmp_path), "--epochs", "5")

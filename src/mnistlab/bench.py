@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mnistlab.errors import ConfigError, MnistlabError
-from mnistlab.runs import atomic_write, cpu_model, write_json
+from mnistlab.files.runs import atomic_write, cpu_model, write_json
 
 CONTENDERS = ("reference", "mnistlab")
 WARMUP_IMAGES = 4096  # the `fast` child's untimed first training (16 steps of 256)
@@ -123,9 +123,10 @@ class _Mnistlab:
     """The `notebook` preset through engine.fit, one epoch per call."""
 
     def __init__(self, opts: BenchOptions, device: torch.device) -> None:
-        from mnistlab.engine import amp_dtype, make_optimizer
         from mnistlab.presets import resolve
-        from mnistlab.training import build, load_data
+        from mnistlab.training.device import amp_dtype
+        from mnistlab.training.optim import make_optimizer
+        from mnistlab.training.run import build, load_data
 
         self.cfg = resolve("notebook", subset=opts.subset, device=opts.device, epochs=opts.epochs)
         self.data = load_data(self.cfg, device, opts.data_dir)
@@ -139,16 +140,16 @@ class _Mnistlab:
         self.history: list[dict[str, Any]] = []
 
     def epoch(self) -> float:
-        from mnistlab.engine import fit
+        from mnistlab.training.engine import StepOptions, fit
 
         self.history = fit(self.model, self.optimizer, self.data.train, {}, epochs=len(self.history) + 1,
-                           start_epoch=len(self.history), amp=self.amp, history=self.history)
+                           start_epoch=len(self.history), step=StepOptions(amp=self.amp), history=self.history)
         return self.history[-1]["seconds"]
 
     def test_acc(self) -> float:
-        from mnistlab.engine import evaluate
+        from mnistlab.training.engine import evaluate
 
-        return evaluate(self.model, self.data.evals["test"], self.amp)["acc"]
+        return evaluate(self.model, self.data.evals["test"])["acc"]
 
 
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
@@ -159,10 +160,8 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 def _contender(name: str, opts: BenchOptions, conn) -> None:
     """Child process: set up `name`, then answer "epoch" / "finish" requests over `conn`."""
     try:
-        from mnistlab.engine import pick_device  # importing the engine turns on flush-to-zero
+        from mnistlab.training.device import pick_device
 
-        if name == "reference":  # the notebook runs with the CPU's default floating-point mode
-            torch.set_flush_denormal(False)  # before this process's thread pool starts
         device = pick_device(opts.device)
         c = _Reference(opts, device) if name == "reference" else _Mnistlab(opts, device)
         conn.send(("ready", c.n))
@@ -180,8 +179,8 @@ def _contender(name: str, opts: BenchOptions, conn) -> None:
 def _fast_seeds(opts: BenchOptions, conn) -> None:
     """Child process: train the `fast` preset once per seed; report accuracies and training seconds."""
     try:
-        from mnistlab.checkpoints import model_metadata, save_safetensors
-        from mnistlab.training import train
+        from mnistlab.files.checkpoints import model_metadata, save_safetensors
+        from mnistlab.training.run import train
 
         def run(seed: int, subset: int | None):
             return train("fast", seed=seed, subset=subset, device=opts.device, data_dir=opts.data_dir, quiet=True,
@@ -274,7 +273,7 @@ def fast(opts: BenchOptions) -> dict[str, Any]:
 
 def machine(device: str = "auto") -> dict[str, Any]:
     """CPU model, cores, GPU, torch version, native bf16, load average."""
-    from mnistlab.engine import cpu_supports_bf16
+    from mnistlab.training.device import cpu_supports_bf16
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,

@@ -1,4 +1,5 @@
-"""Figures written as PNG files (headless: the Agg backend), each saved atomically."""
+"""Figures written as PNG files, each saved atomically. Figures are built with matplotlib's object API, not
+pyplot, so drawing needs no display and leaves the caller's matplotlib backend alone."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+
+def _figure(*grid: int, figsize: tuple[float, float], **kwargs: Any):
+    """A figure that belongs to no pyplot window, and its axes (as `plt.subplots` returns them)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def _savefig(fig: Figure, out: str | Path, dpi: int = 120) -> Path:
-    """Save `fig` to a temporary file beside `out`, rename it into place, and close the figure."""
+    """Save `fig` to a temporary file beside `out` and rename it into place."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fmt = out.suffix.lstrip(".").lower() or "png"
@@ -29,7 +32,6 @@ def _savefig(fig: Figure, out: str | Path, dpi: int = 120) -> Path:
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     finally:
-        plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
@@ -70,9 +72,8 @@ def sample_grid(
     vmax = 255 if imgs.dtype == np.uint8 or imgs.max() > 1 else 1
     cols = max(1, min(cols, n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(cols * 1.1, rows * (1.55 if preds_np is not None else 1.25)), squeeze=False
-    )
+    fig, axes = _figure(rows, cols, figsize=(cols * 1.1, rows * (1.55 if preds_np is not None else 1.25)),
+                        squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
         if i >= n:
@@ -100,7 +101,7 @@ def confusion_plot(cm: Any, out: str | Path, class_names: Sequence[str] | None =
     k = counts.shape[0]
     names = list(class_names) if class_names else [str(i) for i in range(k)]
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(0.55 * k + 2.2, 0.55 * k + 1.6))
+    fig, ax = _figure(figsize=(0.55 * k + 2.2, 0.55 * k + 1.6))
     ax.imshow(np.sqrt(share), cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
@@ -131,7 +132,7 @@ def _epochs(history: Sequence[dict[str, Any]]) -> list[int]:
 
 def curves_plot(history: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> Path:
     """Train/test accuracy (left) and loss (right) per epoch of one run's metrics. Returns `out`."""
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (acc, loss) = _figure(1, 2, figsize=(9, 3.4))
     ep = _epochs(history)
     for split, style in (("train", "o-"), ("test", "s-")):
         if history and f"{split}_acc" in history[0]:
@@ -151,7 +152,7 @@ def curves_plot(history: Sequence[dict[str, Any]], out: str | Path, title: str =
 
 def compare_plot(histories: dict[str, Sequence[dict[str, Any]]], out: str | Path, title: str = "") -> Path:
     """Overlaid test (solid) and train (dashed) accuracy curves, one colour per optimizer. Returns `out`."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = _figure(figsize=(6.5, 3.8))
     for i, (label, history) in enumerate(histories.items()):
         color = f"C{i}"
         ep = _epochs(history)
@@ -164,7 +165,7 @@ def sweep_plot(curves: dict[str, Sequence[dict[str, Any]]], points: Sequence[dic
                title: str = "") -> Path:
     """Test accuracy per epoch of each swept setting (`curves`: label -> history), with the grid's
     configurations (`points`: rows with label, epochs, final_test_acc) marked. Returns `out`."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = _figure(figsize=(6.5, 3.8))
     colors = {label: f"C{i}" for i, label in enumerate(curves)}
     for label, history in curves.items():
         ax.plot(_epochs(history), [r["test_acc"] for r in history], "-", color=colors[label], label=label)

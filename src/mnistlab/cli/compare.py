@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mnistlab.cli.common import add_training_options, overrides_from
-from mnistlab.experiments import OPTIMIZER_DEFAULTS, compare, parse_scoped_opts
+from mnistlab.experiments.compare import OPTIMIZER_DEFAULTS, compare, parse_scoped_opts
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

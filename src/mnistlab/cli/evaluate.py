@@ -1,4 +1,5 @@
-"""`mnistlab evaluate`: test accuracy, per-class accuracy, confusion.png and mistakes.png of a saved model."""
+"""`mnistlab evaluate`: test accuracy, per-class accuracy, confusion.png and mistakes.png of a saved model,
+or of an ensemble of several (--model repeated)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ from pathlib import Path
 
 from mnistlab.cli.common import add_data_options, positive_int
 from mnistlab.cli.predict import add_model_options
-from mnistlab.predict import load_model
+from mnistlab.use.ensemble import ensemble_model
+from mnistlab.use.evaluate import evaluate_model
+from mnistlab.use.predict import load_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="accuracy, per-class accuracy, confusion matrix, worst mistakes",
                        description="Evaluate a saved model on the test split: accuracy, per-class accuracy, "
                                    "confusion.png, mistakes.png and evaluation.json.")
-    add_model_options(p)
+    add_model_options(p, many=True)
     p.add_argument("--out", metavar="DIR", help="where to write the figures (default: <run dir>/evaluation, "
                    "or <model file name>-evaluation beside a model file)")
     p.add_argument("--split", choices=["train", "test"], default="test")
@@ -25,22 +28,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def default_out(model_path: Path) -> Path:
+def default_out(model_path: Path, ensemble: bool = False) -> Path:
     if (model_path.parent / "config.json").exists():  # a run directory's model
-        return model_path.parent / "evaluation"
+        return model_path.parent / ("ensemble-evaluation" if ensemble else "evaluation")
     return model_path.with_name(f"{model_path.stem}-evaluation")
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnistlab.evaluation import evaluate_model  # matplotlib only when evaluating
-
-    loaded = load_model(args.model, trust_pickle=args.trust_pickle)
-    out = Path(args.out) if args.out else default_out(loaded.path)
+    members = [load_model(m, trust_pickle=args.trust_pickle) for m in (args.model or [None])]
+    loaded = members[0] if len(members) == 1 else ensemble_model(members)
+    out = Path(args.out) if args.out else default_out(loaded.path, ensemble=len(members) > 1)
     result = evaluate_model(loaded, args.split, args.data_dir, out, args.worst)
+    if len(members) > 1:
+        result["member_accuracies"] = [evaluate_model(m, args.split, args.data_dir)["accuracy"] for m in members]
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
     print(f"model {loaded.name} ({loaded.format}): {loaded.path}")
+    if len(members) > 1:
+        print(f"ensemble of {len(members)}: " + "  ".join(f"{m.path}: {acc:.2f}%" for m, acc in
+                                                           zip(members, result["member_accuracies"], strict=True)))
     print(f"{args.split} accuracy {result['accuracy']:.2f}% ({result['correct']:,}/{result['images']:,})")
     print("per class: " + "  ".join(f"{c['class']}: {c['accuracy']:.1f}%" for c in result["per_class"]))
     worst = min(result["per_class"], key=lambda c: c["accuracy"])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from mnistlab.checkpoints import FORMATS, format_for
 from mnistlab.cli.common import add_data_options
 from mnistlab.cli.predict import add_model_options
-from mnistlab.export import CHECK_IMAGES, export_model
-from mnistlab.predict import load_model
+from mnistlab.files.checkpoints import FORMATS, format_for
+from mnistlab.use.export import CHECK_IMAGES, export_model
+from mnistlab.use.predict import load_model
 
 CHOICES = [f for f in FORMATS if f != "checkpoint"]
 

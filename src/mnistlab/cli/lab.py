@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnistlab.lab import lab
+    from mnistlab.exercises.runner import lab
 
     if args.dataset not in (None, "mnist"):
         from mnistlab.errors import ConfigError

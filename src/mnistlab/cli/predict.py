@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from mnistlab.cli.common import add_data_options, positive_int
-from mnistlab.predict import (
+from mnistlab.use.predict import (
     classify_indices,
     classify_tensors,
     dataset_samples,
@@ -31,10 +31,11 @@ def indices(text: str) -> list[int]:
     return out
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    """--model and --trust-pickle, shared by predict, evaluate and export."""
-    p.add_argument("--model", metavar="M", help="a run directory or a model file (.safetensors, .pt, .ckpt, "
-                   ".pkl, .ts, .onnx); default: the latest run under ./runs")
+def add_model_options(p: argparse.ArgumentParser, many: bool = False) -> None:
+    """--model and --trust-pickle, shared by predict, evaluate and export; `many`: --model may be repeated."""
+    p.add_argument("--model", metavar="M", action="append" if many else "store",
+                   help="a run directory or a model file (.safetensors, .pt, .ckpt, .pkl, .ts, .onnx); default: "
+                        "the latest run under ./runs" + ("; repeat it to evaluate an ensemble" if many else ""))
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow loading a pickled whole model: this runs code from the file; only for files "
                         "you trust")

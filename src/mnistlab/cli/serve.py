@@ -9,7 +9,6 @@ from pathlib import Path
 
 from mnistlab.cli.common import positive_int
 from mnistlab.errors import ConfigError, MnistlabError
-from mnistlab.runs import latest_run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,20 +58,11 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def default_model() -> Path:
-    """The latest run directory, or a one-line hint how to get one."""
-    run = latest_run()
-    if run is None:
-        raise MnistlabError("no trained model found in runs/; train one first (e.g. `mnistlab train --preset "
-                            "notebook`) or pass --model PATH")
-    return run
-
-
 def load(model: str | Path | None, trust_pickle: bool = False):
     """The LoadedModel for --model (default: the latest run)."""
-    from mnistlab.predict import load_model
+    from mnistlab.use.predict import load_model
 
-    return load_model(model if model is not None else default_model(), trust_pickle=trust_pickle)
+    return load_model(model, trust_pickle=trust_pickle)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnistlab.experiments import sweep
-    from mnistlab.report.blocks import pct
+    from mnistlab.experiments.sweep import sweep
+    from mnistlab.tables import pct
 
     over = {k: v for k, v in overrides_from(args).items() if k not in ("lr", "epochs", "batch_size")}
     result = sweep(args.preset, args.lr, args.epochs, args.batch_size, jobs=args.jobs, out=args.out,

@@ -6,7 +6,7 @@ import argparse
 
 from mnistlab.cli.common import add_training_options, overrides_from, positive_int
 from mnistlab.errors import ConfigError
-from mnistlab.training import train
+from mnistlab.training.run import train
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ensemble:
         if args.resume:
             raise ConfigError("--ensemble and --resume cannot be combined; resume each member's run directory")
-        from mnistlab.ensemble import train_ensemble
+        from mnistlab.use.ensemble import train_ensemble
 
         ens = train_ensemble(args.preset, args.ensemble, out=args.out, data_dir=args.data_dir, quiet=args.quiet,
                              **over)

@@ -34,9 +34,9 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from mnistlab import __version__
 from mnistlab.data import load_split
+from mnistlab.data.preprocess import decode_image, from_pixels, to_mnist
 from mnistlab.errors import MnistlabError
-from mnistlab.predict import LoadedModel, classify_tensors
-from mnistlab.preprocess import decode_image, from_pixels, to_mnist
+from mnistlab.use.predict import LoadedModel, classify_tensors
 
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes of image per upload; larger -> 413
 FORM_SLACK = 64 * 1024  # room for the multipart boundaries and part headers around the file
@@ -194,7 +194,7 @@ def _pixels(body: bytes) -> Any:
 
 
 def create_app(loaded_model: LoadedModel, *, data_dir: str | Path | None = None, max_upload: int = MAX_UPLOAD) -> FastAPI:
-    """The web app around a loaded model (`mnistlab.predict.load_model(...)`); `data_dir` feeds the gallery."""
+    """The web app around a loaded model (`mnistlab.load(...)`); `data_dir` feeds the gallery."""
     loaded = loaded_model
     gallery = Gallery(loaded, data_dir)
     app = FastAPI(

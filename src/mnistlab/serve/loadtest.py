@@ -136,13 +136,13 @@ def bench_serve(model: Any = None, out_dir: str | Path | None = None, clients: i
     `model` is a model file, a run directory, a LoadedModel (its `.path`) or None (the latest run).
     With `out_dir`, the result is also written to `out_dir/serve.json`.
     """
-    from mnistlab.cli.serve import default_model
-    from mnistlab.runs import cpu_model, write_json
+    from mnistlab.files.runs import cpu_model, write_json
+    from mnistlab.use.predict import model_file
 
     if clients < 1 or not seconds > 0:
         raise ConfigError(f"need at least 1 client and a positive duration, got {clients} clients, {seconds} s")
     path = getattr(model, "path", model)
-    path = Path(path) if path is not None else default_model()
+    path = model_file(path)
     work = payloads()
     with running_server(path) as url:
         latencies, errors, elapsed = asyncio.run(_load(url, work, clients, seconds))

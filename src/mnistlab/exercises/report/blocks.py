@@ -11,41 +11,16 @@ A section is a title and a list of blocks; a block is one of
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mnistlab.tables import md_table
+
 Block = tuple
 Section = tuple[str, list[Block]]
-
-
-def pct(x: float) -> str:
-    """An accuracy as the report quotes it: two decimals and a percent sign (tests match these exactly)."""
-    return f"{x:.2f}%"
-
-
-def pts(x: float) -> str:
-    """A difference of accuracies, in percentage points."""
-    return f"{x:+.2f} pt"
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    columns = list(columns or (rows[0].keys() if rows else []))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def block_md(block: Block, base: Path | None = None) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnistlab.report.blocks import document_html, section_md
-from mnistlab.report.sections import sections
+from mnistlab.exercises.report.blocks import document_html, section_md
+from mnistlab.exercises.report.sections import sections
 
 TITLE = "Neural Networks Part 2: MNIST lab answers"
 
@@ -17,7 +17,7 @@ def code_cells(r) -> dict[str, str]:
     sub = f", subset={cfg.subset}" if cfg.subset else ""
     return {
         "Exercise 1": (
-            "import mnistlab\nfrom mnistlab.analysis import analyse\n\n"
+            "import mnistlab\nfrom mnistlab.exercises.analysis import analyse\n\n"
             f"info = mnistlab.inspect(\"notebook\")  # questions 1-5\n"
             "print(info[\"print_model\"])\n"
             f"run = mnistlab.train(\"notebook\", epochs={cfg.epochs}{sub}, {common}out=\"my-lab/exercise1\")\n"
@@ -32,7 +32,7 @@ def code_cells(r) -> dict[str, str]:
             f"\"momentum\": 0.0}}}}, epochs={cfg.epochs}{sub}, {common}out=\"my-lab/exercise3\", "
             "reuse={\"adam\": \"my-lab/exercise1\"})\nprint(\"\\n\".join(cmp.summary))"),
         "Exercise 4": (
-            "from mnistlab.checkpoints import model_metadata, save_model\nfrom mnistlab.predict import classify_indices\n\n"
+            "from mnistlab.files.checkpoints import model_metadata, save_model\nfrom mnistlab.use.predict import classify_indices\n\n"
             "save_model(run.model, \"my-lab/model.safetensors\", model_metadata(run.config))\n"
             "loaded = mnistlab.load(\"my-lab/model.safetensors\")  # a fresh model object, nothing executed\n"
             f"for res in classify_indices(loaded, [0, 1, 2, 3, 4], split=\"train\"{', data_dir=' + repr(r.data_dir) if r.data_dir else ''}):\n"
@@ -65,7 +65,7 @@ def notebook(r, secs) -> str:
 
 def write_report(r) -> dict[str, Path]:
     """report.md, report.html and lab_answers.ipynb in the lab directory."""
-    from mnistlab.runs import atomic_write
+    from mnistlab.files.runs import atomic_write
 
     secs = sections(r)
     base = r.run_dir

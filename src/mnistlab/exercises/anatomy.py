@@ -14,10 +14,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
-from mnistlab import callable_module
-from mnistlab.engine import make_optimizer
 from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
+from mnistlab.training.optim import make_optimizer
 
 ACTIVATIONS = {"relu", "relu_", "sigmoid", "tanh", "softmax", "log_softmax", "gelu", "silu", "elu",
                "leaky_relu", "hardswish"}
@@ -146,4 +145,3 @@ def inspect(preset: str = "notebook", config: Config | None = None, **overrides:
     }
 
 
-callable_module(__name__, "inspect")  # mnistlab.inspect("notebook") works like mnistlab.inspect.inspect

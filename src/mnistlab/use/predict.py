@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnistlab.checkpoints import read_model
 from mnistlab.data import load_split
+from mnistlab.data.preprocess import BLANK_CONTRAST, decode_image, prepare_batch, to_mnist
 from mnistlab.errors import MnistlabError
+from mnistlab.files.checkpoints import read_model
+from mnistlab.files.runs import latest_run
 from mnistlab.models import count_params
-from mnistlab.preprocess import BLANK_CONTRAST, decode_image, prepare_batch, to_mnist
-from mnistlab.runs import latest_run
 
 BATCH = 1000  # images per forward pass
 

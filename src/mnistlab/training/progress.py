@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from mnistlab.engine import Callback
+from mnistlab.training.engine import Callback
 
 
 def format_epoch(row: dict[str, Any], epochs: int) -> str:

@@ -22,15 +22,15 @@ from typing import Any
 
 import torch
 
-from mnistlab import callable_module
-from mnistlab.analysis import analyse_run
-from mnistlab.checkpoints import model_metadata
-from mnistlab.experiments import CompareResult, SweepResult, compare, save_state, states_equal, sweep
-from mnistlab.inspect import inspect
+from mnistlab.exercises.analysis import analyse_run
+from mnistlab.exercises.anatomy import inspect
+from mnistlab.experiments.compare import CompareResult, compare, save_state, states_equal
+from mnistlab.experiments.sweep import SweepResult, sweep
+from mnistlab.files.checkpoints import model_metadata
+from mnistlab.files.runs import environment, new_run_dir, write_json
 from mnistlab.presets import Config, resolve
-from mnistlab.report.blocks import pct
-from mnistlab.runs import environment, new_run_dir, write_json
-from mnistlab.training import TrainResult, init_weights, train
+from mnistlab.tables import pct
+from mnistlab.training.run import TrainResult, init_weights, train
 
 # The full lab keeps to roughly 10-15 minutes on a 2-core CPU; --quick is a first look (and CI).
 FULL = {"subset": None, "epochs": 5, "lrs": [5e-4, 1e-3, 2e-3], "sweep_epochs": [5, 8], "softmax_epochs": 1,
@@ -118,9 +118,9 @@ def _exercise3(r: LabResult, data_dir, quiet: bool) -> None:
 
 
 def _exercise4(r: LabResult, data_dir, quiet: bool) -> None:
-    from mnistlab.checkpoints import save_model
+    from mnistlab.files.checkpoints import save_model
     from mnistlab.plots import sample_grid
-    from mnistlab.predict import LoadedModel, dataset_samples, load_model
+    from mnistlab.use.predict import LoadedModel, dataset_samples, load_model
 
     ex4 = r.run_dir / "exercise4"
     model = r.step1.model.cpu().eval()
@@ -165,7 +165,7 @@ def _exercise4(r: LabResult, data_dir, quiet: bool) -> None:
 
 def _quirks(r: LabResult, data_dir, quiet: bool) -> None:
     from mnistlab.data import load_split
-    from mnistlab.predict import load_model
+    from mnistlab.use.predict import load_model
 
     q = r.run_dir / "quirks"
     epochs = r.settings["softmax_epochs"]
@@ -189,7 +189,7 @@ def _quirks(r: LabResult, data_dir, quiet: bool) -> None:
 
 
 def _write(r: LabResult, data_dir, quiet: bool) -> None:
-    from mnistlab.report import write_report
+    from mnistlab.exercises.report import write_report
 
     write_report(r)
     if not quiet:
@@ -234,4 +234,3 @@ def print_summary(r: LabResult) -> None:
                   f"notebook: {r.run_dir / 'lab_answers.ipynb'}", markup=False)
 
 
-callable_module(__name__, "lab")

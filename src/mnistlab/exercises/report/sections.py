@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mnistlab.report.blocks import Block, Section, pct, pts
+from mnistlab.exercises.report.blocks import Block, Section
+from mnistlab.tables import pct, pts
 
 LAYER_COLUMNS = ["name", "type", "input_shape", "output_shape", "units", "activation", "kernel_size", "stride",
                  "padding", "params"]
@@ -35,7 +36,7 @@ def cell(value: Any) -> str:
 
 
 def inspect_blocks(info: dict[str, Any]) -> list[Block]:
-    """Exercise 1, questions 1-5, from `mnistlab.inspect.inspect()` (also `mnistlab inspect --format md`)."""
+    """Exercise 1, questions 1-5, from `mnistlab.inspect()` (also `mnistlab inspect --format md`)."""
     opt = info["optimizer"]
     return [
         ("list", [f"Batch size: **{info['batch_size']}**", f"Epochs: **{info['epochs']}**",
@@ -124,7 +125,7 @@ def exercise2(r) -> Section:
 
 
 def exercise3(r) -> Section:
-    from mnistlab.experiments import compare_table
+    from mnistlab.experiments.compare import compare_table
 
     c = r.compare
     headers, rows = compare_table(c)

@@ -29,26 +29,16 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from mnistlab.errors import ConfigError, MnistlabError, UnsafeFileError
-from mnistlab.models import MODELS, build_model, count_params
+from mnistlab.files import graphs
+from mnistlab.files.runs import atomic_path
+from mnistlab.models import MODELS, build_model, count_params, unwrap
 from mnistlab.presets import PRESETS, Config
-from mnistlab.runs import atomic_path
 
 FORMATS = ("safetensors", "state_dict", "checkpoint", "pickle", "torchscript", "onnx")
 EXTENSIONS = {".safetensors": "safetensors", ".pt": "state_dict", ".pth": "state_dict", ".ckpt": "checkpoint",
               ".pkl": "pickle", ".pickle": "pickle", ".ts": "torchscript", ".torchscript": "torchscript",
               ".onnx": "onnx"}
 PICKLE_ATTR = "_mnistlab_meta"  # where a pickled model carries its metadata
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def model_metadata(cfg: Config, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -190,9 +180,7 @@ def save_model(model: nn.Module, path: str | Path, meta: dict[str, Any], format:
     if fmt == "safetensors":
         return save_safetensors(model, path, meta)
     if fmt in ("torchscript", "onnx"):
-        from mnistlab import export  # onnx and TorchScript machinery only when asked for
-
-        return (export.save_torchscript if fmt == "torchscript" else export.save_onnx)(model, path, meta)
+        return (graphs.save_torchscript if fmt == "torchscript" else graphs.save_onnx)(model, path, meta)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if fmt == "state_dict":
         return save_checkpoint(path, {"format": "mnistlab-state-dict", "state_dict": state, "meta": meta})
@@ -221,16 +209,12 @@ def read_model(path: str | Path, trust_pickle: bool = False) -> tuple[nn.Module,
     if not head:
         raise MnistlabError(f"{path}: empty file, not a model")
     if path.suffix.lower() == ".onnx":
-        from mnistlab.export import load_onnx
-
-        return load_onnx(path)
+        return graphs.load_onnx(path)
     if len(head) > 8 and head[8:9] == b"{":  # safetensors: u64 header length, then a JSON header
         state, meta = read_safetensors(path)
         return model_from(state, meta), meta, "safetensors"
     if zipfile.is_zipfile(path) and _is_torchscript(path):
-        from mnistlab.export import load_torchscript
-
-        return load_torchscript(path)
+        return graphs.load_torchscript(path)
     try:
         obj = load_checkpoint(path)
     except UnsafeFileError:
@@ -312,4 +296,4 @@ def guess_model(state: dict[str, torch.Tensor], path: str | Path = "weights") ->
             return {"format": "mnistlab", "model": name, "model_args": {}, "normalise": normalise,
                     "note": "bare state_dict: model guessed from its weights"}
     raise MnistlabError(f"{path}: a bare state_dict that matches no registered model "
-                        f"({', '.join(MODELS)}); save it with mnistlab.checkpoints.save_model to keep its metadata")
+                        f"({', '.join(MODELS)}); save it with mnistlab.files.checkpoints.save_model to keep its metadata")

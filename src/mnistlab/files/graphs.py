@@ -1,9 +1,9 @@
-"""Deployable graphs: TorchScript and ONNX with the model's input normalisation baked in.
+"""Deployable graphs: TorchScript and ONNX files with the model's input normalisation baked in.
 
-Exported graphs take `pixels`: float32 (N, 1, 28, 28) in [0, 1], white digit on black (MNIST's polarity),
-and return `logits` (N, 10); apply softmax for probabilities. The mnistlab metadata rides along (ONNX
-metadata_props["mnistlab"], TorchScript extra file "mnistlab.json"). `export_model` checks an ONNX file
-with onnxruntime against PyTorch before it is put in place.
+Graphs take `pixels`: float32 (N, 1, 28, 28) in [0, 1], white digit on black (MNIST's polarity), and return
+`logits` (N, 10); apply softmax for probabilities. The mnistlab metadata rides along (ONNX
+metadata_props["mnistlab"], TorchScript extra file "mnistlab.json"). onnx and onnxruntime are imported only
+when an ONNX file is written or read (they take seconds to import).
 """
 
 from __future__ import annotations
@@ -21,15 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnistlab.checkpoints import save_model, unwrap
-from mnistlab.data import load_split
 from mnistlab.errors import MnistlabError
-from mnistlab.runs import atomic_path
+from mnistlab.files.runs import atomic_path
+from mnistlab.models import unwrap
 
 META_KEY = "mnistlab"  # ONNX metadata_props key
 META_FILE = "mnistlab.json"  # TorchScript extra file
-ONNX_TOLERANCE = 1e-4  # max abs difference of probabilities accepted against PyTorch (fp32)
-CHECK_IMAGES = 1000
 
 
 class PixelInput(nn.Module):
@@ -147,41 +144,3 @@ def load_onnx(path: str | Path) -> tuple[nn.Module, dict[str, Any], str]:
     raw = session.get_modelmeta().custom_metadata_map.get(META_KEY)
     meta = json.loads(raw) if raw else {"model": "onnx", "normalise_baked": True}
     return OnnxModule(session), meta, "onnx"
-
-
-def onnx_parity(loaded: Any, onnx_path: str | Path, images: torch.Tensor) -> dict[str, Any]:
-    """Compare an ONNX file with PyTorch (`loaded`: predict.LoadedModel) on images (N, 28, 28) in [0, 1]."""
-    from mnistlab.predict import LoadedModel
-
-    module, meta, _ = load_onnx(onnx_path)
-    graph = LoadedModel.of(module, meta, Path(onnx_path), "onnx")
-    ref, got = loaded.probabilities(images), graph.probabilities(images)
-    same = int((ref.argmax(1) == got.argmax(1)).sum())
-    return {"images": len(images), "argmax_equal": same, "max_abs_diff": float((ref - got).abs().max()),
-            "tolerance": ONNX_TOLERANCE}
-
-
-def export_model(loaded: Any, out: str | Path, format: str, data_dir: str | Path | None = None,
-                 check_images: int = CHECK_IMAGES) -> dict[str, Any]:
-    """Write `loaded` (predict.LoadedModel) to `out` in `format`; ONNX is checked before it is put in place.
-
-    Returns {"path", "format", "bytes", "check"}: check is onnx_parity's result (ONNX only, else None).
-    Raises MnistlabError when the ONNX graph disagrees with PyTorch (argmax or > ONNX_TOLERANCE).
-    """
-    if loaded.format in ("onnx", "torchscript"):
-        raise MnistlabError(f"{loaded.path} is already an exported graph; export from its weights "
-                            "(a run directory, .safetensors or .pt) instead")
-    check = None
-    with atomic_path(out) as tmp:
-        save_model(loaded.model, tmp, loaded.meta, format)
-        if format == "onnx":
-            dataset = (loaded.meta.get("config") or {}).get("dataset", "mnist")
-            images = load_split(dataset, "test", data_dir)[0][:check_images].float() / 255.0
-            check = onnx_parity(loaded, tmp, images)
-            if check["argmax_equal"] != check["images"] or check["max_abs_diff"] > ONNX_TOLERANCE:
-                raise MnistlabError(
-                    f"ONNX check failed on {check['images']} test images: argmax equal on "
-                    f"{check['argmax_equal']}, max abs probability difference {check['max_abs_diff']:.2e} "
-                    f"(> {ONNX_TOLERANCE:g} allowed); {out} not written"
-                )
-    return {"path": str(out), "format": format, "bytes": Path(out).stat().st_size, "check": check}

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mnistlab.engine import Callback
 from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.training.engine import Callback
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mnistlab.report.blocks import csv_text, pct, pts
-from mnistlab.runs import atomic_write, write_json
+from mnistlab.files.runs import atomic_write, write_json
+from mnistlab.tables import csv_text, pct, pts
 
 PLATEAU_SLOPE = 0.10  # points of test accuracy per epoch below which the curve is flat
 UNDERFIT_TRAIN_ACC = 95.0  # train accuracy (percent) below which the model has not fit its training data
@@ -127,10 +127,10 @@ def write_analysis(run_dir: str | Path, facts: dict[str, Any]) -> None:
 def analyse_run(run_dir: str | Path, data_dir: str | Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Questions 6 and 7 for a finished run directory: (facts, evaluation). Writes accuracy.csv/json,
     analysis.json, curves.png, and (through `evaluate_model`) confusion.png, mistakes.png, evaluation.json."""
-    from mnistlab.evaluation import evaluate_model
+    from mnistlab.files.runs import read_metrics
     from mnistlab.plots import curves_plot
-    from mnistlab.predict import load_model
-    from mnistlab.runs import read_metrics
+    from mnistlab.use.evaluate import evaluate_model
+    from mnistlab.use.predict import load_model
 
     run_dir = Path(run_dir)
     history = read_metrics(run_dir)

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from mnistlab.data import get_spec, load_split
+from mnistlab.files.runs import write_json
 from mnistlab.plots import confusion_plot, mistakes_plot
-from mnistlab.predict import LoadedModel
-from mnistlab.runs import write_json
+from mnistlab.use.predict import LoadedModel
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, classes: int = 10) -> torch.Tensor:

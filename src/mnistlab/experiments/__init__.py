@@ -1,0 +1,1 @@
+"""Experiments built on "train this configuration": optimizer comparisons and learning-rate sweeps."""

@@ -1,0 +1,187 @@
+"""Exercise 2: `sweep("notebook", lrs=[5e-4, 1e-3, 2e-3], epochs=[5, 8], jobs=2)` trains a grid, reusing
+longer runs for shorter epoch settings, and writes a table of the grid, a figure and the best setting."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import multiprocessing
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnistlab.errors import ConfigError
+from mnistlab.experiments.trial import same_run
+from mnistlab.files.runs import atomic_write, new_run_dir, read_json, read_metrics, write_json
+from mnistlab.presets import Config, resolve, validate
+from mnistlab.tables import csv_text, pct, pts
+from mnistlab.training.distributed import usable_cpus
+from mnistlab.training.run import train
+
+# ---------------------------------------------------------------- sweep (Exercise 2)
+RUN_FILES = ("config.json", "env.json", "metrics.csv", "metrics.jsonl", "checkpoint.pt")
+
+
+@dataclass
+class Job:
+    """One training run of the grid; it serves every epoch setting in `serves`."""
+
+    label: str
+    config: Config
+    run_dir: Path
+    serves: list[int]
+    source: Path | None = None  # an existing run: reused as is, or resumed when shorter
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    how: str = "trained"
+
+
+@dataclass
+class SweepResult:
+    run_dir: Path
+    rows: list[dict[str, Any]]
+    best: dict[str, Any]
+    preset_row: dict[str, Any] | None
+    curves: dict[str, list[dict[str, Any]]]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gain(self) -> float | None:
+        return None if self.preset_row is None else self.best["final_test_acc"] - self.preset_row["final_test_acc"]
+
+    @property
+    def summary(self) -> list[str]:
+        b, p = self.best, self.preset_row
+        line = f"best: {b['label']}, {b['epochs']} epochs: {pct(b['final_test_acc'])} test accuracy"
+        if p is not None:
+            line += (f", {pts(self.gain)} over the preset's setting ({p['label']}, {p['epochs']} epochs: "
+                     f"{pct(p['final_test_acc'])})")
+        else:
+            line += " (the preset's own setting is not in the grid: add it to measure the gain)"
+        return [*self.notes, line + "."]
+
+
+def _label(lr: float, batch_size: int) -> str:
+    return f"lr={lr:g} batch={batch_size}"
+
+
+def plan(base: Config, lrs: Sequence[float], epochs: Sequence[int], batch_sizes: Sequence[int], run_dir: Path,
+         reuse: bool = True, runs: Sequence[str | Path] = ()) -> tuple[list[Job], list[str]]:
+    """The training runs the grid needs: with an epoch-independent schedule, one run of the longest setting
+    per (lr, batch size) serves the shorter ones; existing `runs` of the same setting are reused or resumed."""
+    reusable = reuse and base.schedule in (None, "step")
+    existing = [(Path(p), Config.from_dict(read_json(Path(p) / "config.json"))) for p in runs]
+    jobs, notes = [], []
+    for lr, bs in itertools.product(lrs, batch_sizes):
+        label = _label(lr, bs)
+        groups = [sorted(epochs)] if reusable else [[e] for e in sorted(epochs)]
+        for serves in groups:
+            cfg = dataclasses.replace(base, opt_args={**base.opt_args, "lr": float(lr)}, batch_size=int(bs),
+                                      epochs=max(serves), model_args=dict(base.model_args),
+                                      schedule_args=dict(base.schedule_args))
+            validate(cfg)
+            job = Job(label, cfg, run_dir / f"lr{lr:g}-b{bs}-e{cfg.epochs}", serves)
+            for path, other in existing:
+                if same_run(other, cfg) and (other.epochs == cfg.epochs or reusable):
+                    job.source = path
+                    job.how = f"reused {path}" if other.epochs >= cfg.epochs else \
+                        f"resumed {path} from epoch {other.epochs}"
+                    break
+            if len(serves) > 1:
+                notes.append(f"{label}: one {cfg.epochs}-epoch run serves epochs {', '.join(map(str, serves))} "
+                             f"(schedule {base.schedule or 'constant'} does not depend on the number of epochs, "
+                             "so epoch k of a longer run is epoch k of a shorter one)")
+            if job.source is not None:
+                notes.append(f"{label}, {cfg.epochs} epochs: {job.how} instead of training again")
+            jobs.append(job)
+    return jobs, notes
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_job(job: Job, data_dir: str | Path | None, quiet: bool) -> tuple[list[dict[str, Any]], float]:
+    """Train (or reuse/resume) one job; returns (history, wall seconds)."""
+    t0 = time.perf_counter()
+    if job.source is not None:
+        history = read_metrics(job.source)
+        if len(history) >= job.config.epochs:
+            return history[: job.config.epochs], 0.0
+        for name in RUN_FILES:
+            if (job.source / name).exists():
+                atomic_write(job.run_dir / name, (job.source / name).read_bytes())
+        history = train(resume=job.run_dir, epochs=job.config.epochs, data_dir=data_dir, quiet=quiet).history
+    else:
+        history = train(config=job.config, out=job.run_dir, data_dir=data_dir, quiet=quiet).history
+    return history, time.perf_counter() - t0
+
+
+def sweep(preset: str = "notebook", lrs: Sequence[float] | None = None, epochs: Sequence[int] | None = None,
+          batch_sizes: Sequence[int] | None = None, *, jobs: int = 1, out: str | Path | None = None,
+          data_dir: str | Path | None = None, quiet: bool = False, reuse: bool = True,
+          runs: Sequence[str | Path] = (), config: Config | None = None, **overrides: Any) -> SweepResult:
+    """Train the grid lrs x epochs x batch sizes around `preset`; sweep.csv, sweep.json, sweep.png, the best.
+
+    `jobs` > 1 trains configurations in that many spawned processes, the CPU threads divided between them.
+    `runs` are existing run directories the grid may reuse (same settings) instead of training again.
+    """
+    base = config or resolve(preset, **overrides)
+    lrs = list(lrs or [base.lr])
+    epochs = list(epochs or [base.epochs])
+    batch_sizes = list(batch_sizes or [base.batch_size])
+    if min(epochs) < 1 or min(batch_sizes) < 1 or min(lrs) <= 0:
+        raise ConfigError("sweep values must be positive")
+    run_dir = new_run_dir(f"sweep-{base.preset}", out)
+    todo, notes = plan(base, lrs, epochs, batch_sizes, run_dir, reuse, runs)
+    jobs = max(1, min(int(jobs), len(todo)))
+    if jobs > 1:
+        threads = max(1, usable_cpus() // jobs)
+        notes.append(f"{len(todo)} runs in {jobs} parallel processes, {threads} CPU thread(s) each")
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(threads,)) as pool:
+            futures = [pool.submit(run_job, job, data_dir, True) for job in todo]
+            for i, (job, fut) in enumerate(zip(todo, futures, strict=True), 1):
+                job.history, job.seconds = fut.result()
+                if not quiet:
+                    print(f"[sweep {i}/{len(todo)}] {job.label}, {job.config.epochs} epochs: "
+                          f"{pct(job.history[-1]['test_acc'])} ({job.how})", flush=True)
+    else:
+        for i, job in enumerate(todo, 1):
+            if not quiet:
+                print(f"[sweep {i}/{len(todo)}] {job.label}, {job.config.epochs} epochs ({job.how})", flush=True)
+            job.history, job.seconds = run_job(job, data_dir, quiet)
+    rows = [_row(job, e) for job in todo for e in job.serves]
+    rows.sort(key=lambda r: (r["lr"], r["batch_size"], r["epochs"]))
+    best = max(rows, key=lambda r: (r["final_test_acc"], -r["epochs"]))
+    preset_row = next((r for r in rows if r["lr"] == base.lr and r["batch_size"] == base.batch_size
+                       and r["epochs"] == base.epochs), None)
+    curves = {job.label: job.history for job in todo if job.config.epochs == max(job.serves)}
+    result = SweepResult(run_dir, rows, best, preset_row, curves, notes)
+    atomic_write(run_dir / "sweep.csv", csv_text(rows))
+    write_json(run_dir / "sweep.json", {"rows": rows, "best": best, "preset": preset_row, "gain": result.gain,
+                                        "notes": notes, "base": base.to_dict(),
+                                        "runs": [{"dir": j.run_dir, "how": j.how, "wall_seconds": j.seconds}
+                                                 for j in todo]})
+    from mnistlab.plots import sweep_plot
+
+    sweep_plot(curves, rows, run_dir / "sweep.png")
+    return result
+
+
+def _row(job: Job, epochs: int) -> dict[str, Any]:
+    h = job.history[:epochs]
+    best = max(range(len(h)), key=lambda i: (h[i]["test_acc"], -i))
+    how = job.how if epochs == job.config.epochs else f"epochs 1-{epochs} of the {job.config.epochs}-epoch run"
+    return {
+        "label": job.label, "lr": job.config.lr, "batch_size": job.config.batch_size, "epochs": epochs,
+        "final_test_acc": h[-1]["test_acc"], "best_test_acc": h[best]["test_acc"], "best_epoch": best + 1,
+        "final_train_acc": h[-1]["train_acc"],
+        "seconds": round(sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in h), 2),
+        "source": how, "run_dir": str(job.source if job.how.startswith("reused") else job.run_dir),
+    }
