@@ -22,7 +22,7 @@ def mnist_dir() -> Path:
     return root
 
 
-# --- models (issue 4) -----------------------------------------------------------------------------------------
+# --- models ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def trained_run(mnist_dir, tmp_path_factory) -> Path:
     """The run directory of a notebook-preset model trained for 1 epoch on --subset 10000 with seed 0 on the
@@ -50,7 +50,7 @@ def cli(capsys):
     return run
 
 
-# --- GPU-only tests (issue 7) ---------------------------------------------------------------------------------
+# --- GPU-only tests --------------------------------------------------------------------------------------------
 def pytest_collection_modifyitems(config, items):
     """Tests marked @pytest.mark.gpu need CUDA: without it they are skipped (the only skip allowed in CI)."""
     import torch

@@ -28,7 +28,7 @@ def quick(mnist_dir, tmp_path_factory):
     return out, json.loads((out / "bench.json").read_text())
 
 
-def test_bench_json_has_the_issue_keys(quick):
+def test_bench_json_has_every_documented_key(quick):
     _, r = quick
     for name in ("reference", "mnistlab"):
         c = r[name]

@@ -1,4 +1,4 @@
-"""The speed issue's pieces: on-device augmentation, ensembles, and the `fast` / `best` presets."""
+"""On-device augmentation, ensembles, the `fast` and `best` presets, and the CPU training mode."""
 
 from __future__ import annotations
 

@@ -27,9 +27,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from mnistlab.data import load_split
 from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.files.checkpoints import model_metadata, save_safetensors
 from mnistlab.files.runs import atomic_write, cpu_model, write_json
+from mnistlab.models import NotebookNet
+from mnistlab.presets import resolve
+from mnistlab.training.device import amp_dtype, cpu_supports_bf16, pick_device
+from mnistlab.training.engine import StepOptions, evaluate, fit
+from mnistlab.training.optim import make_optimizer
+from mnistlab.training.run import build, load_data, train
 
 CONTENDERS = ("reference", "mnistlab")
 WARMUP_IMAGES = 4096  # the `fast` child's untimed first training (16 steps of 256)
@@ -61,8 +70,6 @@ class NotebookMNIST(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
         img = Image.fromarray(self.images[i].numpy(), mode="L")
         arr = torch.from_numpy(np.array(img, np.uint8, copy=True))  # ToTensor: HWC -> CHW, / 255
         return arr.view(img.size[1], img.size[0], 1).permute(2, 0, 1).contiguous().float().div(255), int(
@@ -73,9 +80,6 @@ class _Reference:
     """The notebook's training loop, one epoch per call (softmax inside the model, per-step .item())."""
 
     def __init__(self, opts: BenchOptions, device: torch.device) -> None:
-        from mnistlab.data import load_split
-        from mnistlab.models import NotebookNet
-
         train = load_split("mnist", "train", opts.data_dir)
         test = load_split("mnist", "test", opts.data_dir)
         train = [t[: opts.subset] for t in train] if opts.subset else train
@@ -123,11 +127,6 @@ class _Mnistlab:
     """The `notebook` preset through engine.fit, one epoch per call."""
 
     def __init__(self, opts: BenchOptions, device: torch.device) -> None:
-        from mnistlab.presets import resolve
-        from mnistlab.training.device import amp_dtype
-        from mnistlab.training.optim import make_optimizer
-        from mnistlab.training.run import build, load_data
-
         self.cfg = resolve("notebook", subset=opts.subset, device=opts.device, epochs=opts.epochs)
         self.data = load_data(self.cfg, device, opts.data_dir)
         if opts.test_subset:
@@ -140,15 +139,11 @@ class _Mnistlab:
         self.history: list[dict[str, Any]] = []
 
     def epoch(self) -> float:
-        from mnistlab.training.engine import StepOptions, fit
-
         self.history = fit(self.model, self.optimizer, self.data.train, {}, epochs=len(self.history) + 1,
                            start_epoch=len(self.history), step=StepOptions(amp=self.amp), history=self.history)
         return self.history[-1]["seconds"]
 
     def test_acc(self) -> float:
-        from mnistlab.training.engine import evaluate
-
         return evaluate(self.model, self.data.evals["test"])["acc"]
 
 
@@ -160,8 +155,6 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 def _contender(name: str, opts: BenchOptions, conn) -> None:
     """Child process: set up `name`, then answer "epoch" / "finish" requests over `conn`."""
     try:
-        from mnistlab.training.device import pick_device
-
         device = pick_device(opts.device)
         c = _Reference(opts, device) if name == "reference" else _Mnistlab(opts, device)
         conn.send(("ready", c.n))
@@ -179,9 +172,6 @@ def _contender(name: str, opts: BenchOptions, conn) -> None:
 def _fast_seeds(opts: BenchOptions, conn) -> None:
     """Child process: train the `fast` preset once per seed; report accuracies and training seconds."""
     try:
-        from mnistlab.files.checkpoints import model_metadata, save_safetensors
-        from mnistlab.training.run import train
-
         def run(seed: int, subset: int | None):
             return train("fast", seed=seed, subset=subset, device=opts.device, data_dir=opts.data_dir, quiet=True,
                          write_run=False)
@@ -273,8 +263,6 @@ def fast(opts: BenchOptions) -> dict[str, Any]:
 
 def machine(device: str = "auto") -> dict[str, Any]:
     """CPU model, cores, GPU, torch version, native bf16, load average."""
-    from mnistlab.training.device import cpu_supports_bf16
-
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "torch": torch.__version__, "cpu_native_bf16": cpu_supports_bf16(), "device": device,
@@ -288,7 +276,7 @@ def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=pri
     out_dir = Path(out_dir)
     if serve:  # checked first: a missing extra should not cost a whole benchmark
         try:
-            from mnistlab.serve.loadtest import bench_serve
+            from mnistlab.serve.loadtest import bench_serve  # needs the serve extra (fastapi, uvicorn)
         except ImportError as e:
             raise ConfigError(f"--serve needs mnistlab.serve ({e})") from None
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mnistlab.cli.common import add_data_options, add_device_option, positive_int
+from mnistlab.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds:
         kw["seeds"] = tuple(range(args.seeds))
     if args.dataset not in (None, "mnist"):
-        from mnistlab.errors import ConfigError
-
         raise ConfigError("bench measures MNIST only")
     opts = bench.BenchOptions(**kw, data_dir=args.data_dir, device=args.device)
     result = bench.run(opts, args.out, serve=args.serve)

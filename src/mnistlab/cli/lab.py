@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mnistlab.cli.common import add_data_options, add_device_option, positive_int
+from mnistlab.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +26,6 @@ def run(args: argparse.Namespace) -> int:
     from mnistlab.exercises.runner import lab
 
     if args.dataset not in (None, "mnist"):
-        from mnistlab.errors import ConfigError
-
         raise ConfigError("the lab is about MNIST; --dataset must be mnist")
     result = lab(args.out, quick=args.quick, data_dir=args.data_dir, device=args.device, jobs=args.jobs,
                  quiet=args.quiet)

@@ -22,7 +22,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mnistlab.data import load_split
 from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.files.runs import cpu_model, write_json
+from mnistlab.use.predict import model_file
 
 PAYLOADS = 32  # distinct test digits the clients cycle through
 
@@ -80,8 +83,6 @@ def running_server(model: str | Path | None = None, *, data_dir: str | Path | No
 
 def payloads(n: int = PAYLOADS, data_dir: str | Path | None = None) -> list[tuple[str, Any]]:
     """What the page sends: ("png", bytes of a 280x280 canvas-like PNG) and ("pixels", 28x28 list) in turn."""
-    from mnistlab.data import load_split
-
     images, _ = load_split("mnist", "test", data_dir)
     out: list[tuple[str, Any]] = []
     for i, img in enumerate(images[:n].numpy()):
@@ -136,9 +137,6 @@ def bench_serve(model: Any = None, out_dir: str | Path | None = None, clients: i
     `model` is a model file, a run directory, a LoadedModel (its `.path`) or None (the latest run).
     With `out_dir`, the result is also written to `out_dir/serve.json`.
     """
-    from mnistlab.files.runs import cpu_model, write_json
-    from mnistlab.use.predict import model_file
-
     if clients < 1 or not seconds > 0:
         raise ConfigError(f"need at least 1 client and a positive duration, got {clients} clients, {seconds} s")
     path = getattr(model, "path", model)

@@ -6,6 +6,7 @@ resumes an interrupted run from its last completed epoch, and runs under torchru
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ from mnistlab.files.runs import environment, new_run_dir, read_json, remove_part
 from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
 from mnistlab.training import distributed
+from mnistlab.training.augment import RandomAffine
 from mnistlab.training.callbacks import RunWriter, WeightAverage, set_rng_state
 from mnistlab.training.device import amp_dtype, pick_device
-from mnistlab.training.engine import StepOptions, fit
+from mnistlab.training.engine import Callback, EpochMetrics, StepOptions, fit
 from mnistlab.training.optim import make_optimizer, make_scheduler
 from mnistlab.training.progress import Progress
 
@@ -34,7 +36,7 @@ class TrainResult:
 
     run_dir: Path | None
     config: Config
-    history: list[dict[str, Any]]
+    history: list[EpochMetrics]
     model: nn.Module = field(repr=False)
 
     @property
@@ -83,8 +85,6 @@ def augmenter(cfg: Config):
     """The on-device augmentation the Config asks for, or None."""
     if not cfg.augment:
         return None
-    from mnistlab.training.augment import RandomAffine  # only the presets that augment need it
-
     return RandomAffine(**cfg.augment)
 
 
@@ -98,7 +98,7 @@ def train(
     write_run: bool = True,
     config: Config | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
-    callbacks: tuple = (),
+    callbacks: Sequence[Callback] = (),
     **overrides: Any,
 ) -> TrainResult:
     """Train a preset (with overrides such as epochs=8, lr=2e-3, optimizer="sgd") and return the result.
@@ -118,18 +118,58 @@ def train(
     else:
         cfg = config if config is not None else resolve(preset, **overrides)
     env = distributed.setup(cfg.device)  # the group is left at exit: a later train() reuses it
-    return _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callbacks)
+    rank = set_up(cfg, env, resume, data_dir, init_state)
+    net = wrap(rank.model, cfg, env, rank.device)
+    run_dir = None
+    if write_run and env.is_main:  # one writer
+        run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
+    cbs = run_callbacks(rank, cfg, env, run_dir, quiet, callbacks)
+    if resume is not None and env.is_main and not quiet:
+        print(f"resuming {resume} after epoch {rank.start_epoch}/{cfg.epochs}"
+              + ("; nothing to do" if rank.start_epoch >= cfg.epochs else ""), flush=True)
+    history = fit(
+        net, rank.optimizer, rank.data.train, rank.data.evals,
+        epochs=cfg.epochs, start_epoch=rank.start_epoch, scheduler=rank.scheduler,
+        schedule_per_step=rank.schedule_per_step, step=step_options(cfg, rank.device), callbacks=cbs,
+        history=rank.history, eval_model=rank.averager.for_eval if rank.averager else None,
+    )
+    final = rank.model if rank.averager is None else rank.averager.average.module  # what was evaluated
+    if run_dir is not None:
+        save_safetensors(final, run_dir / "model.safetensors",
+                         model_metadata(cfg, {"test_acc": history[-1]["test_acc"] if history else None}))
+    distributed.barrier(env)
+    return TrainResult(run_dir, cfg, history, final.eval())
 
 
-def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callbacks) -> TrainResult:
-    ckpt, error, averager = None, None, None
-    try:  # everything a rank can fail at on its own, before the first collective
+# ---------------------------------------------------------------- the phases of a run
+@dataclass
+class RankState:
+    """Everything one rank prepared before training: where, on what, and from which epoch."""
+
+    device: torch.device
+    data: Data
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    schedule_per_step: bool
+    history: list[EpochMetrics] = field(default_factory=list)
+    start_epoch: int = 0
+    averager: WeightAverage | None = None
+
+
+def set_up(cfg: Config, env: distributed.DistEnv, resume: str | Path | None, data_dir: str | Path | None,
+           init_state: dict[str, torch.Tensor] | None) -> RankState:
+    """Phase 1, on this rank: device, data, model, optimizer and schedule, restored from the checkpoint when
+    resuming. A failure on any rank stops every rank (`distributed.agree`), before the first collective."""
+    rank, error = None, None
+    try:
         device = distributed.rank_device(env, pick_device(cfg.device))
         if cfg.cuda_graphs and device.type != "cuda":
             raise ConfigError(f"--cuda-graphs needs a CUDA device; this run is on {device.type}")
         if cfg.cuda_graphs and env.active:  # DDP's gradient all-reduce hooks run outside the recorded graphs
             raise ConfigError("--cuda-graphs is for one process; under torchrun use --compile")
         distributed.per_rank_batch(cfg.batch_size, env)  # checks divisibility
+        ckpt = None
         if resume is not None and (Path(resume) / "checkpoint.pt").exists():
             ckpt = load_checkpoint(Path(resume) / "checkpoint.pt")  # every rank loads the same file
         data = load_data(cfg, device, data_dir, env)
@@ -138,72 +178,74 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
             model.load_state_dict(init_state)
         optimizer = make_optimizer(cfg, model.parameters(), device)
         scheduler, per_step = make_scheduler(cfg, optimizer, len(data.train))
-        history, start_epoch = [], 0
+        rank = RankState(device, data, model, optimizer, scheduler, per_step)
+        rank.averager = WeightAverage(model, cfg.ema, data.train) if cfg.ema else None
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if scheduler is not None and ckpt.get("scheduler") is not None:
-                scheduler.load_state_dict(ckpt["scheduler"])
-            if not env.active:  # DDP ranks reseed every epoch (distributed.RankSeed)
-                set_rng_state(ckpt["rng"])
-            history, start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
-        averager = WeightAverage(model, cfg.ema, data.train) if cfg.ema else None
-        if averager is not None and ckpt is not None and ckpt.get("ema") is not None:
-            averager.average.load_state_dict(ckpt["ema"])
+            restore(rank, ckpt, reseed=not env.active)  # DDP ranks reseed every epoch (distributed.RankSeed)
     except Exception as e:  # noqa: BLE001 - re-raised by agree, after telling the other ranks
         error = e
     distributed.agree(env, error)
-    if resume is not None and not distributed.same_everywhere(
-        env, [start_epoch, history[-1].get("seconds", 0.0) if history else -1.0]
-    ):
+    assert rank is not None
+    last = rank.history[-1].get("seconds", 0.0) if rank.history else -1.0
+    if resume is not None and not distributed.same_everywhere(env, [rank.start_epoch, last]):
         raise ConfigError(f"--resume {resume}: the ranks loaded different checkpoints; every node must read "
                           "the same run directory (shared storage)")
-    net: nn.Module = model
+    return rank
+
+
+def restore(rank: RankState, ckpt: dict[str, Any], reseed: bool) -> None:
+    """Continue from a checkpoint: weights, optimizer, schedule, RNG, history and the weight average."""
+    rank.model.load_state_dict(ckpt["model"])
+    rank.optimizer.load_state_dict(ckpt["optimizer"])
+    if rank.scheduler is not None and ckpt.get("scheduler") is not None:
+        rank.scheduler.load_state_dict(ckpt["scheduler"])
+    if reseed:
+        set_rng_state(ckpt["rng"])
+    rank.history, rank.start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
+    if rank.averager is not None and ckpt.get("ema") is not None:
+        rank.averager.average.load_state_dict(ckpt["ema"])
+
+
+def wrap(model: nn.Module, cfg: Config, env: distributed.DistEnv, device: torch.device) -> nn.Module:
+    """Phase 2: what the loop trains: SyncBatchNorm under nccl, torch.compile, DDP. The wrappers share
+    `model`'s parameters, so `model` itself is what gets saved."""
+    net = model
     if env.backend == "nccl":  # batch statistics over the global batch (SyncBatchNorm is CUDA-only)
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # shares the parameters and buffers of `model`
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if cfg.compile or cfg.cuda_graphs:
         net = torch.compile(net, mode="reduce-overhead" if cfg.cuda_graphs else None)
     if env.active:
-        net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return net
 
-    run_dir = None
-    cbs = list(callbacks)
-    if averager is not None:
-        cbs.insert(0, averager)
-    if env.active:
-        cbs.insert(0, distributed.RankSeed(cfg.seed, env.rank))
+
+def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_dir: Path | None, quiet: bool,
+                  extra: Sequence[Callback] = ()) -> list[Callback]:
+    """Phase 3: the engine callbacks, in the order they run: progress, per-rank seeding, weight averaging,
+    the caller's, and last the run directory's writer (`run_dir`: only the main rank writes)."""
+    cbs: list[Callback] = []
     if env.is_main and not quiet:
-        if ckpt is not None:
-            print(f"resuming {resume} after epoch {start_epoch}/{cfg.epochs}", flush=True)
-        cbs.insert(0, Progress(cfg.epochs))
-    if write_run and env.is_main:
-        run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
+        cbs.append(Progress(cfg.epochs))
+    if env.active:
+        cbs.append(distributed.RankSeed(cfg.seed, env.rank))
+    if rank.averager is not None:
+        cbs.append(rank.averager)
+    cbs.extend(extra)
+    if run_dir is not None:
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
-        write_json(run_dir / "env.json", environment(device, env.world_size, env.backend))
-        writer = RunWriter(run_dir, cfg, model, optimizer, scheduler,
-                           averager.average if averager else None)
-        writer.history = list(history)
+        write_json(run_dir / "env.json", environment(rank.device, env.world_size, env.backend))
+        writer = RunWriter(run_dir, cfg, rank.model, rank.optimizer, rank.scheduler,
+                           rank.averager.average if rank.averager else None)
+        writer.history = list(rank.history)
         cbs.append(writer)
+    return cbs
 
-    if start_epoch >= cfg.epochs and ckpt is not None:
-        if env.is_main and not quiet:
-            print(f"{resume}: already trained for {start_epoch} epochs; nothing to do", flush=True)
-    history = fit(
-        net, optimizer, data.train, data.evals,
-        epochs=cfg.epochs, start_epoch=start_epoch, scheduler=scheduler, schedule_per_step=per_step,
-        step=StepOptions(amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
-                         double_softmax=cfg.double_softmax, augment=augmenter(cfg), cuda_graphs=cfg.cuda_graphs),
-        callbacks=cbs, history=history, eval_model=averager.for_eval if averager else None,
-    )
-    final = model if averager is None else averager.average.module  # the weights that were evaluated
-    if run_dir is not None:
-        save_safetensors(final, run_dir / "model.safetensors",
-                         model_metadata(cfg, {"test_acc": history[-1]["test_acc"] if history else None}))
-    distributed.barrier(env)
-    return TrainResult(run_dir, cfg, history, final.eval())
+
+def step_options(cfg: Config, device: torch.device) -> StepOptions:
+    """How each step of this Config runs on `device` (autocast dtype, loss, augmentation, CUDA graphs)."""
+    return StepOptions(amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
+                       double_softmax=cfg.double_softmax, augment=augmenter(cfg), cuda_graphs=cfg.cuda_graphs)
 
 
 def init_weights(cfg: Config) -> dict[str, torch.Tensor]:
