@@ -164,7 +164,7 @@ def fit(
             history.append(row)
             for cb in callbacks:
                 cb.on_epoch_end(row)
-            if any(cb.stop_training for cb in callbacks):
+            if any(getattr(cb, "stop_training", False) for cb in callbacks):
                 break
     return history
 
