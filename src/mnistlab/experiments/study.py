@@ -165,9 +165,12 @@ SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("asha", "median", "none")
 
 
-def make_sampler(name: str, space: Space, seed: int | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str | optuna.samplers.BaseSampler, space: Space, seed: int | None = None
+                 ) -> optuna.samplers.BaseSampler:
     """tpe (constant liar: running trials count as bad guesses, so parallel workers spread out), random,
-    grid (every combination of listed values once) or cmaes (numeric dimensions only)."""
+    grid (every combination of listed values once), cmaes (numeric dimensions only), or a ready sampler."""
+    if isinstance(name, optuna.samplers.BaseSampler):
+        return name
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     if name == "random":
@@ -187,10 +190,12 @@ def make_sampler(name: str, space: Space, seed: int | None = None) -> optuna.sam
     raise ConfigError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
+def make_pruner(name: str | optuna.pruners.BasePruner) -> optuna.pruners.BasePruner:
     """asha: asynchronous successive halving, rungs at epochs 1, 3, 9, ..., a trial goes on past a rung
     when it is in the top third there; median: stop a trial below the median of earlier trials at the
-    same epoch (after 5 trials); none."""
+    same epoch (after 5 trials); none; or a ready pruner."""
+    if isinstance(name, optuna.pruners.BasePruner):
+        return name
     if name == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if name == "median":

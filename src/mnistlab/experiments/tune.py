@@ -58,8 +58,8 @@ class Settings:
     out: Path
     space: Space
     trials: int
-    sampler: str = "tpe"
-    pruner: str = "asha"
+    sampler: str | optuna.samplers.BaseSampler = "tpe"
+    pruner: str | optuna.pruners.BasePruner = "asha"
     heartbeat: int = 60
     data_dir: str | Path | None = None
     quiet: bool = False
@@ -110,13 +110,14 @@ def trial_dir(out: Path, number: int) -> Path:
 
 
 def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | None = None,
-         sampler: str = "tpe", pruner: str = "asha", study: str | None = None, storage: str | None = None,
+         sampler: str | optuna.samplers.BaseSampler = "tpe", pruner: str | optuna.pruners.BasePruner = "asha",
+         study: str | None = None, storage: str | None = None,
          out: str | Path | None = None, jobs: int = 1, heartbeat: int = 60, data_dir: str | Path | None = None,
          quiet: bool = False, report: bool = True, **overrides: Any) -> TuneResult:
     """Run (or continue) the study until it holds `trials` finished trials; returns its trials.
 
     `space`: `--space` specs (see experiments.space). `trials` defaults to 30, or the grid's size for the
-    grid sampler. `overrides` fix settings for every trial (val defaults to 10,000 images). `jobs` > 1 runs
+    grid sampler. `sampler` and `pruner` are names (see experiments.study) or ready Optuna objects. `overrides` fix settings for every trial (val defaults to 10,000 images). `jobs` > 1 runs
     that many worker processes, the CPU threads divided between them. `report` writes the study's report
     files into `out` (default runs/tune-<study>) at the end.
     """

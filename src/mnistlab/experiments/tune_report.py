@@ -74,9 +74,13 @@ def write_report(study: optuna.Study, url: str, out: str | Path) -> list[str]:
         best = max(complete, key=lambda t: (t.value, -t.number))
         write_json(out / "best.json", best_config(study, best))
         written.append("best.json")
+    import matplotlib
+
     for name, plot in PLOTS.items():
         try:
-            _save(getattr(optuna.visualization.matplotlib, plot)(study), out / name)
+            with matplotlib.rc_context():  # Optuna sets a pyplot style: keep it out of the caller's figures
+                draw = getattr(optuna.visualization.matplotlib, plot)
+                _save(draw(study, target_name="validation accuracy (%)"), out / name)
             written.append(name)
         except (ValueError, RuntimeError) as e:  # e.g. importances need two completed trials
             notes.append(f"{name} not drawn: {str(e).splitlines()[0]}")
