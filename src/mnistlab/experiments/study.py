@@ -1,7 +1,8 @@
 """Where a tuning study lives and how its workers share it, on Optuna.
 
 Storage: a journal file by default (no server; safe for parallel workers on one machine, where SQLite would
-lock under concurrent writers), `sqlite:///FILE`, or `postgresql://...` for workers on several machines.
+lock under concurrent writers), `sqlite:///FILE`, or `postgresql://...` for workers on several machines
+(through psycopg 3, from the tune extra).
 
 Heartbeats: every running trial records a heartbeat; a trial not heard from for twice the interval (its
 worker was killed) is marked FAIL and queued again with the same parameters (Optuna's
@@ -104,8 +105,11 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
         return HeartbeatJournal(url, heartbeat, 2 * heartbeat, retry)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    engine_url = url  # postgresql:// through psycopg 3 (the tune extra's driver), whatever SQLAlchemy's default
+    if url.startswith("postgresql://"):
+        engine_url = "postgresql+psycopg://" + url[len("postgresql://"):]
     try:
-        return RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+        return RDBStorage(engine_url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                           heartbeat_stale_trial_callback=retry)
     except ImportError:
         raise ConfigError(f"--storage {url}: its database driver is not installed; "
