@@ -83,6 +83,7 @@ class TuneResult:
     trials: list[FrozenTrial] = field(repr=False)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)  # what the report wrote, and the dashboard command
 
     @property
     def finished(self) -> list[FrozenTrial]:
@@ -102,7 +103,7 @@ class TuneResult:
             params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.params.items())
             lines.append(f"best: trial {b.number} ({params}): {pct(b.value)} validation accuracy, "
                          f"{pct(b.user_attrs['test_acc'])} test accuracy (reported, not used to choose)")
-        return lines
+        return lines + self.written
 
 
 def trial_dir(out: Path, number: int) -> Path:
@@ -158,7 +159,7 @@ def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | N
     if report and result.best is not None:
         from mnistlab.experiments.tune_report import write_report
 
-        result.notes += write_report(handle, s.url, out)
+        result.written = write_report(handle, s.url, out)
     return result
 
 
@@ -252,7 +253,7 @@ def objective(trial: optuna.Trial, s: Settings, admission: Admission) -> float:
 def _announce(study: optuna.Study, t: FrozenTrial) -> None:
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
     vals = [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
-    how = {TrialState.COMPLETE: f"complete after {len(vals)} epochs",
+    how = {TrialState.COMPLETE: f"complete after {len(vals)} epoch{'s' * (len(vals) != 1)}",
            TrialState.PRUNED: f"pruned after epoch {len(vals)}"}.get(t.state, t.state.name.lower())
     val = f": validation {pct(vals[-1])}" if vals else ""
     seconds = t.duration.total_seconds() if t.duration else 0.0
