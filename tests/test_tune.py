@@ -38,10 +38,10 @@ SMALL_KW = dict(subset=1000, val=200, batch_size=100, device="cpu")
 
 # ---------------------------------------------------------------- the search space
 def test_space_parser_and_its_errors():
-    space = parse_space(["lr=1e-4..1e-2:log", "epochs=2..10", "batch-size=32,64,128", "optimizer=adam,sgd",
+    space = parse_space(["lr=1e-4..1e-2:log", "epochs=2..10", "batch-size=32,64,128", "optimizer=sgd,rmsprop",
                          "opt.momentum=0.8..0.99"], "notebook", val=500)
-    assert space.specs == ["lr=0.0001..0.01:log", "epochs=2..10", "batch_size=32,64,128", "optimizer=adam,sgd",
-                           "opt.momentum=0.8..0.99"]
+    assert space.specs == ["lr=0.0001..0.01:log", "epochs=2..10", "batch_size=32,64,128",
+                           "optimizer=sgd,rmsprop", "opt.momentum=0.8..0.99"]
     assert [d.kind for d in space.dims] == ["float", "int", "choice", "choice", "float"]
     cfg = space.config({"lr": 0.005, "epochs": 3, "batch_size": 64, "optimizer": "sgd", "opt.momentum": 0.85})
     assert (cfg.optimizer, cfg.opt_args, cfg.epochs, cfg.batch_size, cfg.val) == (
@@ -67,6 +67,9 @@ def test_space_parser_and_its_errors():
         with pytest.raises(ConfigError, match=f"^--space {spec!r}" if spec == "lr" else None) as e:
             parse_space([spec])
         assert message in str(e.value) and spec in str(e.value), (spec, str(e.value))
+    with pytest.raises(ConfigError, match="^--space optimizer=adam with opt.momentum=0.8: bad arguments for "
+                                          "optimizer Adam: .* unexpected keyword argument 'momentum'"):
+        parse_space(["optimizer=adam,sgd", "opt.momentum=0.8..0.99"])  # every combination's optimizer is built
     with pytest.raises(ConfigError, match="epochs is already in the space"):
         parse_space(["epochs=1..3", "epochs=2,4"])
     with pytest.raises(ConfigError, match="grid sampler needs listed values, e.g. lr=0.0001,0.01"):

@@ -13,12 +13,16 @@ against the preset when parsed, so a bad value is reported before any trial runs
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from mnistlab.errors import ConfigError
 from mnistlab.presets import Config, parse_value, resolve
+from mnistlab.training.optim import make_optimizer
 
 # What each tunable setting holds; opt.KEY (an optimizer argument) takes numbers or listed values.
 TUNABLE: dict[str, type] = {"lr": float, "epochs": int, "batch_size": int, "optimizer": str,
@@ -109,14 +113,28 @@ def parse_space(specs: Sequence[str], preset: str = "notebook", **overrides: Any
             raise ConfigError(f"--space {spec}: {dim.name} is already in the space")
         dims.append(dim)
     space = Space(preset, {k: v for k, v in overrides.items() if v is not None}, tuple(dims))
-    space.config({})  # the preset and the fixed overrides alone must resolve
-    for dim in dims:
-        for value in dim.choices or (dim.low, dim.high):
+    space.config({})  # the preset and the fixed overrides alone
+    ends = [[(d.name, int(v) if d.kind == "int" else v) for v in (d.choices or (d.low, d.high))] for d in dims]
+    for dim, values in zip(dims, ends, strict=True):
+        for name, value in values:
             try:
-                space.config({dim.name: int(value) if dim.kind == "int" else value})
+                space.config({name: value})
             except ConfigError as e:
                 raise ConfigError(f"--space {dim.spec}: {e}") from None
+    corners = itertools.product(*ends) if math.prod(map(len, ends)) <= 1000 else [()]
+    for corner in corners:  # together, with the optimizer built (opt.momentum fits optimizer=sgd, not adam)
+        try:
+            _check(space, dict(corner))
+        except ConfigError as e:
+            together = " with ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in corner)
+            raise ConfigError(f"--space {together}: {e}") from None
     return space
+
+
+def _check(space: Space, params: dict[str, Any]) -> None:
+    """Resolve `params` and build the optimizer with them (on a one-element tensor): a ConfigError if bad."""
+    cfg = space.config(params)
+    make_optimizer(cfg, [torch.zeros(1, requires_grad=True)], torch.device("cpu"))
 
 
 def parse_dimension(spec: str) -> Dimension:

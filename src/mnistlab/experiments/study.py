@@ -43,9 +43,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def quiet_optuna() -> None:
-    """Optuna's per-trial log lines off (tune prints its own) and its experimental-feature warnings
-    (heartbeats, the constant liar, retry history, matplotlib plots) silenced, in this process."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    """Optuna's log off but for errors (tune prints its own lines per trial, and a failed trial's error once,
+    without Optuna's traceback) and its experimental-feature warnings (heartbeats, the constant liar, retry
+    history, matplotlib plots) silenced, in this process."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
