@@ -97,7 +97,8 @@ class TuneResult:
     @property
     def summary(self) -> list[str]:
         pruned = sum(t.state == TrialState.PRUNED for t in self.trials)
-        lines = [*self.notes, f"study {self.study}: {len(self.finished)} trials finished ({pruned} pruned) "
+        n = len(self.finished)
+        lines = [*self.notes, f"study {self.study}: {n} trial{'s' * (n != 1)} finished ({pruned} pruned) "
                  f"in {self.seconds:.0f}s"]
         if (b := self.best) is not None:
             params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in b.params.items())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,16 @@ def write_report(study: optuna.Study, url: str, out: str | Path) -> list[str]:
 
     for name, plot in PLOTS.items():
         try:
-            with matplotlib.rc_context():  # Optuna sets a pyplot style: keep it out of the caller's figures
+            # Optuna sets a pyplot style: keep it out of the caller's figures. Its warnings (few trials for
+            # importances, one value on an axis) become a note on the importances, noise elsewhere.
+            with matplotlib.rc_context(), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 draw = getattr(optuna.visualization.matplotlib, plot)
                 _save(draw(study, target_name="validation accuracy (%)"), out / name)
             written.append(name)
+            if name == "importances.png":
+                notes += [f"{name}: {m}" for m in dict.fromkeys(str(w.message) for w in caught)]
         except (ValueError, RuntimeError) as e:  # e.g. importances need two completed trials
             notes.append(f"{name} not drawn: {str(e).splitlines()[0]}")
     return [*notes, f"written: {', '.join(str(out / w) for w in written)}",
