@@ -32,6 +32,8 @@ from mnistlab.presets import Config
 from mnistlab.training.run import train
 
 # A tiny budget: 800 training images in batches of 100, 200 validation images, one CPU thread per worker.
+# Heartbeats every 3 s: a killed worker's trial is failed after 6 s, while a live worker on a busy machine is
+# never mistaken for a dead one.
 SMALL = ["--preset", "notebook", "--subset", "1000", "--val", "200", "--batch-size", "100", "--device", "cpu"]
 SMALL_KW = dict(subset=1000, val=200, batch_size=100, device="cpu")
 
@@ -195,7 +197,7 @@ def tune_cmd(*args: str) -> list[str]:
 def test_journal_study_with_two_jobs_survives_a_killed_worker(cli, mnist_dir, tmp_path):
     out = tmp_path / "study"
     url = str(out / "journal.log")  # the default storage
-    cmd = tune_cmd("--epochs", "3", "--pruner", "none", "--trials", "2", "--jobs", "2", "--heartbeat", "1",
+    cmd = tune_cmd("--epochs", "3", "--pruner", "none", "--trials", "2", "--jobs", "2", "--heartbeat", "3",
                    "--study", "kill", "--out", str(out), "--data-dir", str(mnist_dir))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, killed = kill_a_worker_mid_trial("kill", url, [proc], epochs=3)
@@ -252,7 +254,7 @@ def postgres_url():
 def test_two_commands_share_a_postgresql_study_and_survive_a_killed_worker(cli, mnist_dir, tmp_path,
                                                                            postgres_url):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two single-threaded workers on this machine
-    common = ["--storage", postgres_url, "--heartbeat", "1", "--data-dir", str(mnist_dir), "--quiet"]
+    common = ["--storage", postgres_url, "--heartbeat", "3", "--data-dir", str(mnist_dir), "--quiet"]
     # Two workers, TPE with successive halving: together exactly 4 finished trials.
     out = tmp_path / "shared"
     cmd = tune_cmd("--space", "epochs=1..2", "--trials", "4", "--study", "shared", "--out", str(out), *common)
