@@ -119,9 +119,10 @@ def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | N
     """Run (or continue) the study until it holds `trials` finished trials; returns its trials.
 
     `space`: `--space` specs (see experiments.space). `trials` defaults to 30, or the grid's size for the
-    grid sampler. `sampler` and `pruner` are names (see experiments.study) or ready Optuna objects. `overrides` fix settings for every trial (val defaults to 10,000 images). `jobs` > 1 runs
-    that many worker processes, the CPU threads divided between them. `report` writes the study's report
-    files into `out` (default runs/tune-<study>) at the end.
+    grid sampler. `sampler` and `pruner` are names (see experiments.study) or ready Optuna objects.
+    `overrides` fix settings for every trial (val defaults to 10,000 images). `jobs` > 1 runs that many
+    worker processes, the CPU threads divided between them. `report` writes the study's report files into
+    `out` (default runs/tune-<study>) at the end.
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     overrides.setdefault("val", DEFAULT_VAL)
