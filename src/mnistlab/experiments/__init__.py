@@ -1,1 +1,1 @@
-"""Experiments built on "train this configuration": optimizer comparisons and learning-rate sweeps."""
+"""Experiments built on "train this configuration": optimizer comparisons, learning-rate sweeps and tuning."""

@@ -16,15 +16,13 @@ from typing import Any
 import torch
 
 from mnistlab.errors import ConfigError
-from mnistlab.experiments.trial import same_run
+from mnistlab.experiments.trial import run_trial, same_run
 from mnistlab.files.runs import atomic_write, new_run_dir, read_json, read_metrics, write_json
 from mnistlab.presets import Config, resolve, validate
 from mnistlab.tables import csv_text, pct, pts
 from mnistlab.training.distributed import usable_cpus
-from mnistlab.training.run import train
 
 # ---------------------------------------------------------------- sweep (Exercise 2)
-RUN_FILES = ("config.json", "env.json", "metrics.csv", "metrics.jsonl", "checkpoint.pt")
 
 
 @dataclass
@@ -113,12 +111,7 @@ def run_job(job: Job, data_dir: str | Path | None, quiet: bool) -> tuple[list[di
         history = read_metrics(job.source)
         if len(history) >= job.config.epochs:
             return history[: job.config.epochs], 0.0
-        for name in RUN_FILES:
-            if (job.source / name).exists():
-                atomic_write(job.run_dir / name, (job.source / name).read_bytes())
-        history = train(resume=job.run_dir, epochs=job.config.epochs, data_dir=data_dir, quiet=quiet).history
-    else:
-        history = train(config=job.config, out=job.run_dir, data_dir=data_dir, quiet=quiet).history
+    history = run_trial(job.config, job.run_dir, source=job.source, data_dir=data_dir, quiet=quiet).history
     return history, time.perf_counter() - t0
 
 

@@ -1,14 +1,24 @@
-"""What experiments share about one training run: when two configurations compute the same epochs."""
+"""What experiments share about one training run: when two configurations compute the same epochs, and the
+one trial runner that sweep and tune train every configuration with."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from mnistlab.errors import ConfigError
+from mnistlab.files.runs import atomic_write, read_json, write_json
 from mnistlab.presets import Config
+from mnistlab.training.engine import Callback
+from mnistlab.training.run import TrainResult, train
 
 # Settings that do not change what a run computes epoch by epoch.
 NEUTRAL_KEYS = {"epochs", "description", "preset", "device", "compile", "cuda_graphs", "channels_last"}
+# What a run directory needs to be continued from its last completed epoch.
+RUN_FILES = ("config.json", "env.json", "metrics.csv", "metrics.jsonl", "checkpoint.pt")
 
 
 def config_json(cfg: Config) -> dict[str, Any]:
@@ -19,3 +29,26 @@ def same_run(a: Config, b: Config) -> bool:
     """True when `a` and `b` compute the same epochs (same model, data order, optimizer, ...) up to their length."""
     da, db = config_json(a), config_json(b)
     return all(da.get(k) == db.get(k) for k in set(da) | set(db) if k not in NEUTRAL_KEYS)
+
+
+def run_trial(config: Config, run_dir: str | Path, *, source: str | Path | None = None,
+              callbacks: Sequence[Callback] = (), data_dir: str | Path | None = None,
+              quiet: bool = False) -> TrainResult:
+    """Train `config` into `run_dir` for `config.epochs` epochs, calling `callbacks` after every epoch.
+
+    When `run_dir` holds a checkpoint of the same run (or `source` does: its files are copied into `run_dir`
+    first), training continues from its last completed epoch instead of starting again; a checkpoint of a
+    different run is an error. The recorded config becomes `config` (its description, for instance).
+    """
+    run_dir = Path(run_dir)
+    if source is not None and Path(source) != run_dir:
+        for name in RUN_FILES:
+            if (Path(source) / name).exists():
+                atomic_write(run_dir / name, (Path(source) / name).read_bytes())
+    if not (run_dir / "checkpoint.pt").exists():
+        return train(config=config, out=run_dir, data_dir=data_dir, quiet=quiet, callbacks=tuple(callbacks))
+    recorded = Config.from_dict(read_json(run_dir / "config.json"))
+    if not same_run(recorded, config):
+        raise ConfigError(f"{run_dir} holds a checkpoint of a different run; choose another directory")
+    write_json(run_dir / "config.json", dataclasses.replace(config, epochs=recorded.epochs).to_dict())
+    return train(resume=run_dir, epochs=config.epochs, data_dir=data_dir, quiet=quiet, callbacks=tuple(callbacks))
