@@ -40,6 +40,7 @@ class Config:
     dataset: str = "mnist"
     subset: int | None = None  # train on the first N training images
     val: int = 0  # hold out the last N training images as a validation split
+    early_stop: int | None = None  # stop when validation accuracy has not improved for this many epochs
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # "auto" | "bf16" | "fp16" | "off"
@@ -162,6 +163,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"subset must be at least 1, got {cfg.subset}")
     if cfg.val < 0:
         raise ConfigError(f"val must be 0 or more, got {cfg.val}")
+    if cfg.subset is not None and cfg.val >= cfg.subset:
+        raise ConfigError(f"--val {cfg.val} leaves none of the {cfg.subset} --subset images to train on")
+    if cfg.early_stop is not None:
+        if int(cfg.early_stop) < 1:
+            raise ConfigError(f"early_stop (patience in epochs) must be at least 1, got {cfg.early_stop}")
+        if cfg.val < 1:
+            raise ConfigError("--early-stop watches validation accuracy: hold out a validation split with --val N")
     if not 0.0 <= float(cfg.ema) < 1.0:
         raise ConfigError(f"ema must be a decay in [0, 1), got {cfg.ema}")
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):

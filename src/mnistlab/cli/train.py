@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     result = train(args.preset, out=args.out, resume=args.resume, data_dir=args.data_dir, quiet=args.quiet,
                    **over)
-    if result.run_dir is not None and not args.quiet:
-        last = result.history[-1] if result.history else {}
-        print(f"test accuracy {last.get('test_acc', float('nan')):.2f}%  run: {result.run_dir}")
+    if result.run_dir is not None and not args.quiet and result.history:
+        which = f" (epoch {result.model_epoch}'s weights)" if result.best_epoch else ""
+        print(f"test accuracy {result.test_acc:.2f}%{which}  run: {result.run_dir}")
     return 0

@@ -21,7 +21,7 @@ from mnistlab.files.runs import environment, new_run_dir, read_json, remove_part
 from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
 from mnistlab.training import distributed
-from mnistlab.training.callbacks import RunWriter, WeightAverage, set_rng_state
+from mnistlab.training.callbacks import EarlyStopping, RunWriter, WeightAverage, set_rng_state
 from mnistlab.training.device import amp_dtype, pick_device
 from mnistlab.training.engine import StepOptions, fit
 from mnistlab.training.optim import make_optimizer, make_scheduler
@@ -30,16 +30,28 @@ from mnistlab.training.progress import Progress
 
 @dataclass
 class TrainResult:
-    """What a training run produced: its directory, resolved config, per-epoch history and the model."""
+    """What a training run produced: its directory, resolved config, per-epoch history and the model.
+
+    With early stopping `model` holds the weights of `best_epoch` (the best on validation), which may be
+    earlier than the last epoch of `history`; otherwise those of the last epoch.
+    """
 
     run_dir: Path | None
     config: Config
     history: list[dict[str, Any]]
     model: nn.Module = field(repr=False)
+    best_epoch: int | None = None
+    stopped_epoch: int | None = None
+
+    @property
+    def model_epoch(self) -> int:
+        """The epoch whose weights `model` holds."""
+        return self.best_epoch or len(self.history)
 
     @property
     def test_acc(self) -> float:
-        return self.history[-1]["test_acc"]
+        """The fp32 test accuracy of `model` (what `mnistlab evaluate` prints for model.safetensors)."""
+        return self.history[self.model_epoch - 1]["test_acc"]
 
 
 @dataclass
@@ -122,7 +134,7 @@ def train(
 
 
 def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callbacks) -> TrainResult:
-    ckpt, error, averager = None, None, None
+    ckpt, error, averager, stopper = None, None, None, None
     try:  # everything a rank can fail at on its own, before the first collective
         device = distributed.rank_device(env, pick_device(cfg.device))
         if cfg.cuda_graphs and device.type != "cuda":
@@ -150,6 +162,10 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         averager = WeightAverage(model, cfg.ema, data.train) if cfg.ema else None
         if averager is not None and ckpt is not None and ckpt.get("ema") is not None:
             averager.average.load_state_dict(ckpt["ema"])
+        if cfg.early_stop:
+            stopper = EarlyStopping(cfg.early_stop, model if averager is None else averager.average.module)
+            if ckpt is not None and ckpt.get("early_stop") is not None:
+                stopper.load_state_dict(ckpt["early_stop"])
     except Exception as e:  # noqa: BLE001 - re-raised by agree, after telling the other ranks
         error = e
     distributed.agree(env, error)
@@ -170,6 +186,8 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
 
     run_dir = None
     cbs = list(callbacks)
+    if stopper is not None:
+        cbs.append(stopper)
     if averager is not None:
         cbs.insert(0, averager)
     if env.active:
@@ -184,26 +202,52 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         write_json(run_dir / "config.json", cfg.to_dict())
         write_json(run_dir / "env.json", environment(device, env.world_size, env.backend))
         writer = RunWriter(run_dir, cfg, model, optimizer, scheduler,
-                           averager.average if averager else None)
+                           averager.average if averager else None, stopper)
         writer.history = list(history)
         cbs.append(writer)
 
-    if start_epoch >= cfg.epochs and ckpt is not None:
-        if env.is_main and not quiet:
-            print(f"{resume}: already trained for {start_epoch} epochs; nothing to do", flush=True)
+    stopped = stopper is not None and stopper.stopped_epoch is not None
+    if ckpt is not None and (start_epoch >= cfg.epochs or stopped) and env.is_main and not quiet:
+        print(f"{resume}: " + (f"stopped early after epoch {start_epoch}" if stopped else
+                               f"already trained for {start_epoch} epochs") + "; nothing to do", flush=True)
     history = fit(
         net, optimizer, data.train, data.evals,
-        epochs=cfg.epochs, start_epoch=start_epoch, scheduler=scheduler, schedule_per_step=per_step,
+        epochs=start_epoch if stopped else cfg.epochs, start_epoch=start_epoch, scheduler=scheduler, schedule_per_step=per_step,
         step=StepOptions(amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
                          double_softmax=cfg.double_softmax, augment=augmenter(cfg), cuda_graphs=cfg.cuda_graphs),
         callbacks=cbs, history=history, eval_model=averager.for_eval if averager else None,
     )
     final = model if averager is None else averager.average.module  # the weights that were evaluated
+    result = TrainResult(run_dir, cfg, history, final)
+    if stopper is not None and stopper.best_state is not None:
+        result.best_epoch, result.stopped_epoch = stopper.restore(), stopper.stopped_epoch
+        if env.is_main and not quiet:
+            print(early_stop_line(result), flush=True)
     if run_dir is not None:
-        save_safetensors(final, run_dir / "model.safetensors",
-                         model_metadata(cfg, {"test_acc": history[-1]["test_acc"] if history else None}))
+        save_safetensors(final, run_dir / "model.safetensors", model_metadata(cfg, model_facts(result)))
     distributed.barrier(env)
-    return TrainResult(run_dir, cfg, history, final.eval())
+    final.eval()
+    return result
+
+
+def model_facts(r: TrainResult) -> dict[str, Any]:
+    """The saved model's epoch and fp32 accuracies (its metrics row), for the model file's metadata."""
+    if not r.history:
+        return {"test_acc": None}
+    row = r.history[r.model_epoch - 1]
+    facts = {"test_acc": row["test_acc"], "val_acc": row.get("val_acc"), "epoch": r.model_epoch}
+    if r.config.early_stop:
+        facts.update(best_epoch=r.best_epoch, stopped_epoch=r.stopped_epoch)
+    return facts
+
+
+def early_stop_line(r: TrainResult) -> str:
+    """How early stopping ended, in one line."""
+    row = r.history[r.model_epoch - 1]
+    how = (f"stopped after epoch {r.stopped_epoch}: validation accuracy had not improved for "
+           f"{r.config.early_stop} epoch(s)" if r.stopped_epoch else f"trained all {len(r.history)} epochs")
+    return (f"early stopping: {how}; the model is epoch {r.model_epoch}'s, the best on validation "
+            f"(val {row['val_acc']:.2f}%, test {row['test_acc']:.2f}%)")
 
 
 def init_weights(cfg: Config) -> dict[str, torch.Tensor]:
