@@ -6,6 +6,7 @@ import argparse
 
 from mnistlab.cli.common import add_training_options, overrides_from, positive_int
 from mnistlab.errors import ConfigError
+from mnistlab.presets import load_config, resolve
 from mnistlab.training.run import train
 
 
@@ -18,11 +19,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--ensemble", type=positive_int, metavar="K",
                    help="train K models (seeds seed..seed+K-1) and average their predictions")
-    p.set_defaults(func=run)
+    p.add_argument("--config", metavar="FILE",
+                   help="re-run a configuration: a run directory's config.json, or a TOML file of settings; "
+                        "options given here override it")
+    p.set_defaults(func=run, preset=None)  # None: --preset not given (the file's preset, else notebook)
 
 
 def run(args: argparse.Namespace) -> int:
     over = overrides_from(args)
+    config = None
+    if args.config:
+        for flag, given, why in (("--preset", args.preset, "the file names the preset (set preset in it)"),
+                                 ("--resume", args.resume, "--config starts a new run, --resume continues one"),
+                                 ("--ensemble", args.ensemble, "train the members with --preset and options")):
+            if given:
+                raise ConfigError(f"--config and {flag} cannot be combined: {why}")
+        config = resolve(base=load_config(args.config), **over)
+    args.preset = args.preset or "notebook"
     if args.ensemble:
         if args.resume:
             raise ConfigError("--ensemble and --resume cannot be combined; resume each member's run directory")
@@ -36,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                   f"run: {ens.run_dir}")
         return 0
     result = train(args.preset, out=args.out, resume=args.resume, data_dir=args.data_dir, quiet=args.quiet,
-                   **over)
+                   config=config, **({} if config else over))
     if result.run_dir is not None and not args.quiet and result.history:
         which = f" (epoch {result.model_epoch}'s weights)" if result.best_epoch else ""
         print(f"test accuracy {result.test_acc:.2f}%{which}  run: {result.run_dir}")
