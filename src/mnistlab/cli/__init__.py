@@ -26,6 +26,7 @@ COMMANDS = [
     "bench",
     "compare",
     "sweep",
+    "lr_find",
     "lab",
 ]
 
