@@ -126,9 +126,9 @@ def test_sweep_chooses_by_validation_and_only_reports_test():
     assert result.summary == [
         "chosen by validation accuracy (the last 10,000 training images, which no run trains on): lr=0.002 "
         "batch=32, 5 epochs, validation 98.62%; test accuracy 98.40%, reported, not used to choose.",
-        "Against the preset's setting (lr=0.001 batch=32, 5 epochs: validation 98.10%, test 98.17%), the chosen "
-        "setting's test accuracy differs by +0.23 pt, within the noise (±0.25 pt: the 95% interval of one "
-        "accuracy over 10,000 images)."]
+        "Against the preset's setting (lr=0.001 batch=32, 5 epochs: validation 98.10%, test 98.17%): validation "
+        "+0.52 pt, larger than the noise (±0.25 pt: the 95% interval of one accuracy over 10,000 images); test "
+        "+0.23 pt, within the noise (±0.25 pt: the 95% interval of one accuracy over 10,000 images)."]
     early = _row("lr=0.002 batch=32", 8, 98.7, 98.5, model_epoch=6)
     assert choose([preset, early]) is early
     assert describe(early) == "lr=0.002 batch=32, up to 8 epochs (model of epoch 6)"
@@ -141,7 +141,7 @@ def test_compare_verdict_weighs_the_final_gap_against_the_noise():
 
     far = compare_verdict({"adam": history([97.9, 98.37]), "sgd": history([97.2, 97.80])})
     assert far["pairs"][0]["exceeds_noise"] and far["pairs"][0]["noise"] == pytest.approx(0.27, abs=0.01)
-    assert far["lines"][0].endswith("(adam +0.57 pt, larger than the noise (±0.27 pt: the 95% interval of one "
-                                    "accuracy over 10,000 images)): adam is ahead by more than the noise.")
+    assert far["lines"][0].endswith("97.80%, adam +0.57 pt, larger than the noise (±0.27 pt: the 95% interval of "
+                                    "one accuracy over 10,000 images); adam is ahead by more than the noise.")
     near = compare_verdict({"adam": history([98.0, 98.30]), "sgd": history([98.1, 98.40])})
     assert not near["pairs"][0]["exceeds_noise"] and near["lines"][0].endswith("no difference beyond the noise.")

@@ -131,10 +131,11 @@ def _epochs(history: Sequence[dict[str, Any]]) -> list[int]:
 
 
 def curves_plot(history: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> Path:
-    """Train/test accuracy (left) and loss (right) per epoch of one run's metrics. Returns `out`."""
+    """Train/validation/test accuracy (left) and loss (right) per epoch of one run's metrics (validation when
+    the run holds it out). Returns `out`."""
     fig, (acc, loss) = _figure(1, 2, figsize=(9, 3.4))
     ep = _epochs(history)
-    for split, style in (("train", "o-"), ("test", "s-")):
+    for split, style in (("train", "o-"), ("val", "^-"), ("test", "s-")):
         if history and f"{split}_acc" in history[0]:
             acc.plot(ep, [r[f"{split}_acc"] for r in history], style, label=split)
             loss.plot(ep, [r[f"{split}_loss"] for r in history], style, label=split)

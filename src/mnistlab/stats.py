@@ -63,4 +63,5 @@ class Difference:
                 f"of one accuracy over {self.n:,} images)")
 
     def as_dict(self) -> dict[str, float | int | bool]:
-        return {"difference": self.value, "noise": self.noise, "exceeds_noise": self.exceeds, "n": self.n}
+        return {"a": self.a, "b": self.b, "difference": self.value, "noise": self.noise, "exceeds_noise": self.exceeds,
+                "n": self.n}

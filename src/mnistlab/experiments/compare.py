@@ -198,9 +198,9 @@ def compare_verdict(histories: dict[str, list[dict[str, Any]]]) -> dict[str, Any
         leads = {lab: ahead.count(lab) for lab in (ref, other)}
         winner = ref if gap.value > 0 else other
         lines.append(f"{ref} vs {other}: {ref} ahead on test accuracy in {leads[ref]} of {n} epochs, {other} in "
-                     f"{leads[other]}; after epoch {n}: {pct(a[n - 1]['test_acc'])} vs {pct(b[n - 1]['test_acc'])} "
-                     f"({ref} {gap.words()}): " + (f"{winner} is ahead by more than the noise." if gap.exceeds else
-                                                   "no difference beyond the noise."))
+                     f"{leads[other]}; after epoch {n}: {pct(a[n - 1]['test_acc'])} vs {pct(b[n - 1]['test_acc'])}, "
+                     f"{ref} {gap.words()}; " + (f"{winner} is ahead by more than the noise." if gap.exceeds else
+                                                 "no difference beyond the noise."))
         for x, y in ((ref, other), (other, ref)):
             target = histories[y][n - 1]["test_acc"]
             e = reach[x]

@@ -82,9 +82,11 @@ class SweepResult:
         elif p is b:
             lines.append("That is the preset's own setting: the grid found nothing better on validation.")
         else:
+            lead = Difference(b["val_acc"], p["val_acc"], self.val_n)
             lines.append(f"Against the preset's setting ({describe(p)}: validation {pct(p['val_acc'])}, test "
-                         f"{pct(p['test_acc'])}), the chosen setting's test accuracy differs by "
-                         f"{self.gain_noise.words()}.")
+                         f"{pct(p['test_acc'])}): validation {lead.words()}"
+                         + ("" if lead.exceeds else ", so the choice itself is uncertain")
+                         + f"; test {self.gain_noise.words()}.")
         return [*self.notes, *lines]
 
 
