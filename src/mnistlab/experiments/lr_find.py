@@ -70,12 +70,13 @@ def _batches(train: DeviceLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
 def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float, float]:
-    """(suggestion, rate at the minimum, rate of the steepest descent) of a smoothed range-test curve."""
+    """(suggestion, rate at the minimum, rate of the steepest descent) of a smoothed range-test curve; the
+    suggestion is rounded to two significant digits (the test cannot place it more finely)."""
     low = min(range(len(smoothed)), key=smoothed.__getitem__)
     logs = [math.log10(lr) for lr in lrs]
     slopes = [(smoothed[i + 1] - smoothed[i]) / (logs[i + 1] - logs[i]) for i in range(low)]
     steep = min(range(len(slopes)), key=slopes.__getitem__) if slopes else 0
-    return lrs[low] / MIN_DIVISOR, lrs[low], lrs[steep]
+    return float(f"{lrs[low] / MIN_DIVISOR:.2g}"), lrs[low], lrs[steep]
 
 
 def lr_find(preset: str = "notebook", *, config: Config | None = None, start_lr: float = 1e-7,
