@@ -6,13 +6,14 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from mnistlab.errors import ConfigError
-from mnistlab.experiments.compare import compare, parse_optimizers, parse_scoped_opts
-from mnistlab.experiments.sweep import sweep
+from mnistlab.experiments.compare import compare, compare_verdict, parse_optimizers, parse_scoped_opts
+from mnistlab.experiments.sweep import SweepResult, choose, describe, sweep
 from mnistlab.files.checkpoints import read_safetensors
 from mnistlab.files.runs import read_json, read_metrics
 from mnistlab.presets import Config, resolve
@@ -71,7 +72,7 @@ def test_compare_defaults_and_errors():
 
 
 def test_sweep_reuse_equals_training_the_shorter_setting(mnist_dir, tmp_path):
-    common = dict(subset=300, device="cpu", seed=3, data_dir=mnist_dir, quiet=True)
+    common = dict(subset=400, val=100, device="cpu", seed=3, data_dir=mnist_dir, quiet=True)
     s = sweep("notebook", lrs=[1e-3], epochs=[1, 2], out=tmp_path / "sweep", **common)
     assert len(s.rows) == 2 and len(list((tmp_path / "sweep").glob("lr*"))) == 1  # one run served both
     assert any("serves epochs 1, 2" in n for n in s.notes)
@@ -91,8 +92,8 @@ def test_sweep_reuse_equals_training_the_shorter_setting(mnist_dir, tmp_path):
 
 def test_sweep_cli_parallel_jobs(mnist_dir, tmp_path):
     out = tmp_path / "grid"
-    r = mnistlab("sweep", "--lr", "1e-3,3e-3", "--epochs", "1", "--subset", "200", "--jobs", "2", "--device",
-                 "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
+    r = mnistlab("sweep", "--lr", "1e-3,3e-3", "--epochs", "1", "--subset", "300", "--val", "100", "--jobs", "2",
+                 "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     assert "2 runs in 2 parallel processes, 1 CPU thread(s) each" in r.stdout
     rows = list(csv.DictReader((out / "sweep.csv").open()))
@@ -100,8 +101,47 @@ def test_sweep_cli_parallel_jobs(mnist_dir, tmp_path):
     for x in rows:
         run = out / f"lr{float(x['lr']):g}-b32-e1"
         assert float(x["final_test_acc"]) == read_metrics(run)[0]["test_acc"]
-    best = json.loads((out / "sweep.json").read_text())["best"]
-    assert best["final_test_acc"] == max(float(x["final_test_acc"]) for x in rows)
-    assert "best: " in r.stdout and (out / "sweep.png").exists()
+        assert float(x["val_acc"]) == read_metrics(run)[0]["val_acc"] and read_metrics(run)[0]["val_n"] == 100
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved["chosen_by"] == "val_acc" and saved["best"]["val_acc"] == max(float(x["val_acc"]) for x in rows)
+    assert "chosen by validation accuracy (the last 100 training images" in r.stdout and (out / "sweep.png").exists()
     bad = mnistlab("sweep", "--lr", "1e-3,fast")
     assert bad.returncode == 2 and "expected a positive number" in bad.stderr
+    no_val = mnistlab("sweep", "--val", "0")
+    assert no_val.returncode == 2 and "sweep chooses by validation accuracy" in no_val.stderr
+
+
+def _row(label, epochs, val, test, model_epoch=None):
+    return {"label": label, "epochs": epochs, "model_epoch": model_epoch or epochs, "val_acc": val, "test_acc": test}
+
+
+def test_sweep_chooses_by_validation_and_only_reports_test():
+    preset = _row("lr=0.001 batch=32", 5, 98.10, 98.17)
+    rows = [preset, _row("lr=0.002 batch=32", 8, 98.62, 98.05), _row("lr=0.0005 batch=32", 8, 98.30, 98.60),
+            _row("lr=0.002 batch=32", 5, 98.62, 98.40)]
+    chosen = choose(rows)
+    assert chosen is rows[3]  # the highest validation accuracy (a tie broken by fewer epochs), not the best test
+    result = SweepResult(Path("grid"), rows, chosen, preset, {}, val_n=10_000, test_n=10_000)
+    assert result.gain == pytest.approx(0.23)
+    assert result.summary == [
+        "chosen by validation accuracy (the last 10,000 training images, which no run trains on): lr=0.002 "
+        "batch=32, 5 epochs, validation 98.62%; test accuracy 98.40%, reported, not used to choose.",
+        "Against the preset's setting (lr=0.001 batch=32, 5 epochs: validation 98.10%, test 98.17%): validation "
+        "+0.52 pt, larger than the noise (±0.25 pt: the 95% interval of one accuracy over 10,000 images); test "
+        "+0.23 pt, within the noise (±0.25 pt: the 95% interval of one accuracy over 10,000 images)."]
+    early = _row("lr=0.002 batch=32", 8, 98.7, 98.5, model_epoch=6)
+    assert choose([preset, early]) is early
+    assert describe(early) == "lr=0.002 batch=32, up to 8 epochs (model of epoch 6)"
+    assert "preset's own setting" in SweepResult(Path("g"), [preset], preset, preset, {}, val_n=5, test_n=5).summary[1]
+
+
+def test_compare_verdict_weighs_the_final_gap_against_the_noise():
+    def history(accs):
+        return [{"epoch": i + 1, "test_acc": a, "test_n": 10_000} for i, a in enumerate(accs)]
+
+    far = compare_verdict({"adam": history([97.9, 98.37]), "sgd": history([97.2, 97.80])})
+    assert far["pairs"][0]["exceeds_noise"] and far["pairs"][0]["noise"] == pytest.approx(0.27, abs=0.01)
+    assert far["lines"][0].endswith("97.80%, adam +0.57 pt, larger than the noise (±0.27 pt: the 95% interval of "
+                                    "one accuracy over 10,000 images); adam is ahead by more than the noise.")
+    near = compare_verdict({"adam": history([98.0, 98.30]), "sgd": history([98.1, 98.40])})
+    assert not near["pairs"][0]["exceeds_noise"] and near["lines"][0].endswith("no difference beyond the noise.")

@@ -77,20 +77,39 @@ def test_every_accuracy_in_the_report_comes_from_a_metrics_file(lab_run):
     for path in out.rglob("metrics.jsonl"):
         known |= _quoted(v for row in read_metrics(path.parent) for k, v in row.items() if k.endswith("_acc"))
     for row in csv.DictReader((out / "exercise2/sweep.csv").open()):
-        known |= _quoted(float(row[k]) for k in ("final_test_acc", "best_test_acc", "final_train_acc"))
+        known |= _quoted(float(row[k]) for k in ("val_acc", "test_acc", "best_val_acc", "final_train_acc"))
     quirks = json.loads((out / "quirks/quirks.json").read_text())
     known |= _quoted([quirks["exact_test_acc"], quirks["notebook_test_acc"]])
     quoted = re.findall(r"\d+\.\d+%", report)
     assert len(quoted) > 20
     assert set(quoted) <= known
-    # The question-7 table is exactly exercise1/metrics: one row per epoch, train and test accuracy.
+    # The question-7 table is exactly exercise1/metrics: one row per epoch, train, validation and test accuracy.
     m = read_metrics(out / "exercise1")
     for row in m:
-        assert f"| {row['epoch']} | {row['train_acc']:.2f}% | {row['test_acc']:.2f}% |" in report
+        assert f"| {row['epoch']} | {row['train_acc']:.2f}% | {row['val_acc']:.2f}% | {row['test_acc']:.2f}% |" in report
     # Exercise 3: Adam's numbers are step 1's, not a new run; Exercise 2 continued step 1's run (resumed).
     assert read_metrics(out / "exercise3/adam") == m
     assert read_metrics(out / "exercise2/lr0.001-b32-e3")[: len(m)] == m
-    assert "Checked in Exercise 2, which continued this very run to 3 epochs" in report
+    assert "Training this very run on to 3 epochs took validation accuracy from" in report
+
+
+def test_exercise_2_and_question_6_choose_on_validation(lab_run):
+    out, r = lab_run
+    report = (out / "report.md").read_text()
+    saved = json.loads((out / "exercise2/sweep.json").read_text())
+    rows = saved["rows"]
+    assert saved["chosen_by"] == "val_acc" and all(x["val_acc"] <= saved["best"]["val_acc"] for x in rows)
+    assert all(read_metrics(Path(x["run_dir"]))[0]["val_n"] == 500 for x in rows)  # the held-out images
+    assert "The setting is **chosen by validation accuracy** (the last 500 training images" in report
+    assert saved["summary"][-2].startswith("chosen by validation accuracy") and saved["summary"][-2] in report
+    assert "**Validation policy.**" in report and "Exercise 1 trains on 1,000 images" in report
+    q6 = json.loads((out / "exercise1/analysis.json").read_text())
+    assert q6["split"] == "val" and q6["images"] == 500 and q6["continuation"]["epochs"] == 3
+    d = q6["continuation"]["difference"]
+    assert d["exceeds_noise"] == (abs(d["difference"]) > d["noise"])
+    assert q6["verdict"] in ("under-fitting", "still improving", "plateau", "over-fitting")
+    assert ("larger than the noise" if d["exceeds_noise"] else "within the noise") in q6["answer"]
+    assert "E2 chosen on validation" in r.stdout
 
 
 def test_html_is_self_contained_with_tables_and_images(lab_run):

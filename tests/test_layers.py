@@ -17,7 +17,7 @@ PACKAGE = Path(mnistlab.__file__).parent
 
 # Bottom to top; a module may import from its own layer or any layer below it.
 LAYERS: list[set[str]] = [
-    {"errors", "tables"},
+    {"errors", "tables", "stats"},
     {"data", "models", "presets", "plots"},
     {"files"},
     {"training"},

@@ -131,10 +131,11 @@ def _epochs(history: Sequence[dict[str, Any]]) -> list[int]:
 
 
 def curves_plot(history: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> Path:
-    """Train/test accuracy (left) and loss (right) per epoch of one run's metrics. Returns `out`."""
+    """Train/validation/test accuracy (left) and loss (right) per epoch of one run's metrics (validation when
+    the run holds it out). Returns `out`."""
     fig, (acc, loss) = _figure(1, 2, figsize=(9, 3.4))
     ep = _epochs(history)
-    for split, style in (("train", "o-"), ("test", "s-")):
+    for split, style in (("train", "o-"), ("val", "^-"), ("test", "s-")):
         if history and f"{split}_acc" in history[0]:
             acc.plot(ep, [r[f"{split}_acc"] for r in history], style, label=split)
             loss.plot(ep, [r[f"{split}_loss"] for r in history], style, label=split)
@@ -162,16 +163,38 @@ def compare_plot(histories: dict[str, Sequence[dict[str, Any]]], out: str | Path
 
 
 def sweep_plot(curves: dict[str, Sequence[dict[str, Any]]], points: Sequence[dict[str, Any]], out: str | Path,
-               title: str = "") -> Path:
-    """Test accuracy per epoch of each swept setting (`curves`: label -> history), with the grid's
-    configurations (`points`: rows with label, epochs, final_test_acc) marked. Returns `out`."""
+               chosen: dict[str, Any] | None = None, title: str = "") -> Path:
+    """Validation accuracy per epoch of each swept setting (`curves`: label -> history), with the grid's
+    configurations (`points`: rows with label, model_epoch, val_acc) marked and the `chosen` row starred.
+    Returns `out`."""
     fig, ax = _figure(figsize=(6.5, 3.8))
     colors = {label: f"C{i}" for i, label in enumerate(curves)}
     for label, history in curves.items():
-        ax.plot(_epochs(history), [r["test_acc"] for r in history], "-", color=colors[label], label=label)
+        ax.plot(_epochs(history), [r["val_acc"] for r in history], "-", color=colors[label], label=label)
     for p in points:
-        ax.plot(p["epochs"], p["final_test_acc"], "o", color=colors.get(p["label"], "k"), markersize=7)
-    return _epoch_axes(fig, ax, out, "test accuracy (%)", title or "sweep: test accuracy per epoch")
+        ax.plot(p["model_epoch"], p["val_acc"], "o", color=colors.get(p["label"], "k"), markersize=7)
+    if chosen is not None:
+        ax.plot(chosen["model_epoch"], chosen["val_acc"], "*", color="k", markersize=14, label="chosen")
+    return _epoch_axes(fig, ax, out, "validation accuracy (%)", title or "sweep: validation accuracy per epoch")
+
+
+def lr_find_plot(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
+                 marks: dict[str, float], out: str | Path, title: str = "") -> Path:
+    """The range test: loss per step (faint) and smoothed against the learning rate (log scale), with
+    vertical lines at the `marks` (label -> rate). Returns `out`."""
+    fig, ax = _figure(figsize=(6.5, 3.8))
+    ax.plot(lrs, losses, "-", color="C0", alpha=0.25, linewidth=0.8, label="loss per step")
+    ax.plot(lrs, smoothed, "-", color="C0", label="smoothed loss")
+    for i, (label, lr) in enumerate(marks.items(), 1):
+        ax.axvline(lr, color=f"C{i}", linestyle="--", linewidth=1, label=f"{label}: {lr:.2g}")
+    ax.set_xscale("log")
+    top = max(smoothed[0], min(smoothed) * 2.0)  # the divergence tail would squash the interesting part
+    ax.set_ylim(min(smoothed) * 0.9 if min(smoothed) > 0 else None, top * 1.05)
+    ax.set(xlabel="learning rate", ylabel="training loss", title=title or "learning-rate range test")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _savefig(fig, out)
 
 
 def _epoch_axes(fig: Figure, ax: Any, out: str | Path, ylabel: str, title: str) -> Path:

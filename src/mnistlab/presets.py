@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
+import sys
+import types
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +45,7 @@ class Config:
     dataset: str = "mnist"
     subset: int | None = None  # train on the first N training images
     val: int = 0  # hold out the last N training images as a validation split
+    early_stop: int | None = None  # stop when validation accuracy has not improved for this many epochs
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # "auto" | "bf16" | "fp16" | "off"
@@ -124,12 +130,14 @@ def register_preset(config: Config) -> Config:
     return config
 
 
-def resolve(preset: str = "notebook", **overrides: Any) -> Config:
-    """The preset's Config with `overrides` applied (None values are ignored; opt_args are merged)."""
-    try:
-        base = PRESETS[preset]
-    except KeyError:
-        raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}") from None
+def resolve(preset: str = "notebook", *, base: Config | None = None, **overrides: Any) -> Config:
+    """The preset's Config (or `base`, e.g. from `load_config`) with `overrides` applied (None values are
+    ignored; opt_args are merged)."""
+    if base is None:
+        try:
+            base = PRESETS[preset]
+        except KeyError:
+            raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}") from None
     cfg = dataclasses.replace(base, model_args=dict(base.model_args), opt_args=dict(base.opt_args),
                               schedule_args=dict(base.schedule_args))
     names = {f.name for f in dataclasses.fields(Config)}
@@ -162,6 +170,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"subset must be at least 1, got {cfg.subset}")
     if cfg.val < 0:
         raise ConfigError(f"val must be 0 or more, got {cfg.val}")
+    if cfg.subset is not None and cfg.val >= cfg.subset:
+        raise ConfigError(f"--val {cfg.val} leaves none of the {cfg.subset} --subset images to train on")
+    if cfg.early_stop is not None:
+        if int(cfg.early_stop) < 1:
+            raise ConfigError(f"early_stop (patience in epochs) must be at least 1, got {cfg.early_stop}")
+        if cfg.val < 1:
+            raise ConfigError("--early-stop watches validation accuracy: hold out a validation split with --val N")
     if not 0.0 <= float(cfg.ema) < 1.0:
         raise ConfigError(f"ema must be a decay in [0, 1), got {cfg.ema}")
     if cfg.amp not in ("auto", "bf16", "fp16", "off"):
@@ -171,6 +186,78 @@ def validate(cfg: Config) -> None:
     if cfg.lr <= 0 and "lr" in cfg.opt_args:
         raise ConfigError(f"learning rate must be positive, got {cfg.lr}")
     optimizer_class(cfg.optimizer)
+
+
+def load_config(path: str | Path) -> Config:
+    """A Config from a JSON file (a run directory's config.json) or a TOML file (.toml) of Config settings.
+
+    A file that gives every setting (config.json) is that Config; a partial one is applied to its `preset`
+    ("notebook" when it names none) as `resolve` applies overrides (opt_args merged, a new optimizer keeping
+    only the preset's lr). Unknown settings, values of the wrong type and unreadable files raise ConfigError.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path}: cannot read it ({e})") from None
+    toml = path.suffix.lower() == ".toml"
+    try:
+        data = _toml().loads(text) if toml else json.loads(text)
+    except ValueError as e:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
+        raise ConfigError(f"--config {path}: not valid {'TOML' if toml else 'JSON'} ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a table of Config settings, got {type(data).__name__}")
+    hints = typing.get_type_hints(Config)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
+    for key, value in data.items():
+        if not _fits(value, hints[key]):
+            expected = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
+            raise ConfigError(f"--config {path}: {key} = {value!r} is not of type {expected}")
+    if set(hints) <= set(data):
+        cfg = Config.from_dict(data)
+        validate(cfg)
+        return cfg
+    preset = data.pop("preset", "notebook")
+    if preset not in PRESETS:
+        raise ConfigError(f"--config {path}: unknown preset {preset!r}; a file naming no built-in preset must "
+                          "give every setting")
+    if data.get("normalise") is not None:
+        data["normalise"] = tuple(data["normalise"])
+    return resolve(preset, **data)
+
+
+def _toml():
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # the same parser, as a package
+        import tomli as tomllib
+    return tomllib
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON/TOML value can be the Config field annotated `hint` (lists stand for tuples)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return True
+        if origin is bool and isinstance(value, bool):
+            return True
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if origin in (str, dict) and isinstance(value, origin):
+            return True
+        if origin is tuple and isinstance(value, (list, tuple)):
+            return True
+        if option is Any:
+            return True
+    return False
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:

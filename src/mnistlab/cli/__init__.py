@@ -27,6 +27,7 @@ COMMANDS = [
     "compare",
     "sweep",
     "tune",
+    "lr_find",
     "lab",
 ]
 

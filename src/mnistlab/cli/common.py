@@ -29,6 +29,11 @@ def positive_float(text: str) -> float:
     return value
 
 
+def lr_or_find(text: str) -> float | str:
+    """A positive learning rate, or "find" (run the range test first and use its suggestion)."""
+    return "find" if text.strip().lower() == "find" else positive_float(text)
+
+
 def add_device_option(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument("--device", default=default, help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
 
@@ -38,12 +43,15 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="data root holding one folder per dataset (default: $MNISTLAB_DATA, else ~/.cache/mnistlab)")
 
 
-def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False) -> None:
-    """--preset and every override of it. With `sweepable`, --lr/--epochs/--batch-size are left to the caller."""
+def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False, lr_find: bool = False) -> None:
+    """--preset and every override of it. With `sweepable`, --lr/--epochs/--batch-size are left to the caller;
+    with `lr_find`, --lr also takes "find"."""
     p.add_argument("--preset", default="notebook", help=f"recipe to start from: {', '.join(PRESETS)}")
     if not sweepable:
         p.add_argument("--epochs", type=positive_int, help="number of epochs")
-        p.add_argument("--lr", type=positive_float, help="learning rate")
+        p.add_argument("--lr", type=lr_or_find if lr_find else positive_float,
+                       help="learning rate" + (", or find: run lr-find first and train with its suggestion"
+                                               if lr_find else ""))
         p.add_argument("--batch-size", type=positive_int, help="global batch size")
     p.add_argument("--optimizer", help="any torch.optim class, case-insensitive (adam, sgd, adamw, ...)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="optimizer argument (repeatable)")
@@ -60,6 +68,8 @@ def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False)
                    help="weight averaging: evaluate and save a moving average of the weights (e.g. 0.999)")
     p.add_argument("--subset", type=positive_int, help="train on the first N training images")
     p.add_argument("--val", type=int, help="hold out N training images as a validation split")
+    p.add_argument("--early-stop", type=positive_int, metavar="PATIENCE",
+                   help="stop when validation accuracy has not improved for PATIENCE epochs; keep the best epoch")
     add_data_options(p)
 
 
@@ -67,7 +77,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """The Config overrides the user gave (unset options are None and leave the preset alone)."""
     over: dict[str, Any] = {}
     for key in ("epochs", "lr", "batch_size", "optimizer", "seed", "device", "amp", "compile", "cuda_graphs",
-                "channels_last", "double_softmax", "ema", "subset", "val", "dataset"):
+                "channels_last", "double_softmax", "ema", "subset", "val", "early_stop", "dataset"):
         value = getattr(args, key, None)
         if value is not None:
             over[key] = value

@@ -5,6 +5,10 @@ answers notebook whose every number comes from the runs made here.
       exercise1/   inspect.json, the notebook preset's run (metrics.csv, model.safetensors, initial.safetensors),
                    accuracy.csv/json (Q7), analysis.json (Q6), curves.png, confusion.png, mistakes.png
       exercise2/   the sweep: sweep.csv, sweep.json, sweep.png, one run directory per trained setting
+
+Every step shares one split: the last `val` training images are held out as validation and every choice
+(question 6, Exercise 2's setting) is made on them; the test set is only reported. Exercise 1's run is then the
+run Exercise 2 continues (question 6's direct evidence) and Exercise 3 reuses.
       exercise3/   the comparison: compare.csv/md/json, compare.png, initial.safetensors, one run per optimizer
       exercise4/   the model saved three ways, exercise4.json (reloaded predictions vs originals), samples.png
       quirks/      the double-softmax run and quirks.json (the notebook's two quirks, measured)
@@ -22,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mnistlab.exercises.analysis import analyse_run
+from mnistlab.exercises.analysis import analyse, analyse_run, write_analysis
 from mnistlab.exercises.anatomy import inspect
 from mnistlab.experiments.compare import CompareResult, compare, save_state, states_equal
 from mnistlab.experiments.sweep import SweepResult, sweep
@@ -33,10 +37,10 @@ from mnistlab.tables import pct
 from mnistlab.training.run import TrainResult, init_weights, train
 
 # The full lab keeps to roughly 10-15 minutes on a 2-core CPU; --quick is a first look (and CI).
-FULL = {"subset": None, "epochs": 5, "lrs": [5e-4, 1e-3, 2e-3], "sweep_epochs": [5, 8], "softmax_epochs": 1,
-        "samples": 10}
-QUICK = {"subset": 1000, "epochs": 2, "lrs": [1e-3, 2e-3], "sweep_epochs": [2, 3], "softmax_epochs": 1,
-         "samples": 5}
+FULL = {"subset": None, "val": 10_000, "epochs": 5, "lrs": [5e-4, 1e-3, 2e-3], "sweep_epochs": [5, 8],
+        "softmax_epochs": 1, "samples": 10}
+QUICK = {"subset": 1500, "val": 500, "epochs": 2, "lrs": [1e-3, 2e-3], "sweep_epochs": [2, 3], "softmax_epochs": 1,
+         "samples": 5}  # trains on the first 1,000 images, validates on the next 500
 NOTEBOOK_BATCH = 32  # the notebook's accuracy helper assumes batches of this size
 SOFTMAX_FLOOR = math.log(1 + 9 / math.e)  # the least CrossEntropyLoss of softmax outputs: log(1 + 9/e)
 
@@ -62,12 +66,18 @@ class LabResult:
     data_dir: str | None = None
     jobs: int = 1
 
+    @property
+    def train_images(self) -> int:
+        """Images the lab's runs train on: the first (subset or 60,000) less the validation split."""
+        return (self.config.subset or 60_000) - self.config.val
+
 
 def lab(out: str | Path | None = None, *, quick: bool = False, data_dir: str | Path | None = None,
         device: str | None = None, jobs: int = 1, quiet: bool = False) -> LabResult:
     """Run the four exercises and the quirks, then write report.md, report.html and lab_answers.ipynb."""
     settings = dict(QUICK if quick else FULL)
-    cfg = resolve("notebook", epochs=settings["epochs"], subset=settings["subset"], device=device)
+    cfg = resolve("notebook", epochs=settings["epochs"], subset=settings["subset"], val=settings["val"],
+                  device=device)
     run_dir = new_run_dir("lab-quick" if quick else "lab", out)
     r = LabResult(run_dir, quick, settings, cfg, data_dir=str(data_dir) if data_dir else None, jobs=jobs)
     steps = [("Exercise 1: inspect the notebook preset (questions 1-5)", _inspect),
@@ -106,6 +116,12 @@ def _exercise1(r: LabResult, data_dir, quiet: bool) -> None:
 def _exercise2(r: LabResult, data_dir, quiet: bool) -> None:
     r.sweep = sweep(config=r.config, lrs=r.settings["lrs"], epochs=r.settings["sweep_epochs"], jobs=r.jobs,
                     out=r.run_dir / "exercise2", data_dir=data_dir, quiet=quiet, runs=[r.run_dir / "exercise1"])
+    # The sweep continued Exercise 1's very run (its first epochs are step 1's): question 6's direct evidence.
+    done = r.step1.history
+    longer = next((h for h in r.sweep.curves.values() if len(h) > len(done) and h[: len(done)] == done), None)
+    if longer is not None:
+        r.analysis = analyse(done, continued=longer)
+        write_analysis(r.run_dir / "exercise1", r.analysis)
 
 
 def _exercise3(r: LabResult, data_dir, quiet: bool) -> None:
@@ -128,7 +144,7 @@ def _exercise4(r: LabResult, data_dir, quiet: bool) -> None:
     original = LoadedModel.of(model, meta, ex4, "in memory")
     g = torch.Generator().manual_seed(r.config.seed)
     n = r.settings["samples"]
-    picks = {"train": torch.randperm(r.config.subset or 60000, generator=g)[:n].tolist(),
+    picks = {"train": torch.randperm(r.train_images, generator=g)[:n].tolist(),
              "test": torch.randperm(10000, generator=g)[:n].tolist()}
     images, labels, splits, indices = [], [], [], []
     for split, idx in picks.items():
@@ -203,12 +219,16 @@ def summary_rows(r: LabResult) -> list[tuple[str, str]]:
             ("E1 Q3 layers with weights", str(r.info.get("weight_layers"))),
             ("E1 Q5 optimizer", f"{r.info['optimizer']['name']} lr {r.config.lr:g}" if r.info else "-")]
     if a:
-        rows += [("E1 Q6 more epochs?", f"{a['verdict']} (best {pct(a['best_test_acc'])} at epoch {a['best_epoch']})"),
+        more = a["continuation"]
+        evidence = (f"{a['split']} {pct(a['final_acc'])} after epoch {a['epochs']}, {pct(more['acc'])} after "
+                    f"{more['epochs']}" if more else f"best {a['split']} {pct(a['best_acc'])} at epoch {a['best_epoch']}")
+        rows += [("E1 Q6 more epochs?", f"{a['verdict']} ({evidence})"),
                  ("E1 Q7 test acc per epoch", ", ".join(pct(t["test_acc"]) for t in a["table"]))]
     if s is not None:
-        gain = "" if s.gain is None else f", {s.gain:+.2f} pt over the preset"
-        rows.append(("E2 best setting", f"{s.best['label']}, {s.best['epochs']} epochs: "
-                                        f"{pct(s.best['final_test_acc'])}{gain}"))
+        gain = "" if s.gain_noise is None or s.best is s.preset_row else \
+            f"; {s.gain_noise.value:+.2f} pt test vs the preset ({'beyond' if s.gain_noise.exceeds else 'within'} noise)"
+        rows.append(("E2 chosen on validation", f"{s.best['label']}, {s.best['epochs']} epochs: val "
+                                                f"{pct(s.best['val_acc'])}, test {pct(s.best['test_acc'])}{gain}"))
     if c is not None:
         rows.append(("E3 final test acc", ", ".join(f"{k} {pct(h[-1]['test_acc'])}" for k, h in c.histories.items())))
     if r.exercise4:

@@ -16,7 +16,8 @@ from mnistlab.experiments.trial import same_run
 from mnistlab.files.checkpoints import model_metadata, read_safetensors, save_safetensors
 from mnistlab.files.runs import atomic_write, new_run_dir, read_json, read_metrics, write_json, write_metrics
 from mnistlab.presets import Config, optimizer_class, parse_value, resolve, validate
-from mnistlab.tables import csv_text, md_table, pct, pts
+from mnistlab.stats import Difference
+from mnistlab.tables import csv_text, md_table, pct
 from mnistlab.training.run import build, init_weights, train
 
 # Where the preset's (Adam) learning rate would be wrong for another optimizer: explicit, overridable defaults.
@@ -181,7 +182,8 @@ def _epochs_to_reach(history: list[dict[str, Any]], target: float) -> int | None
 
 
 def compare_verdict(histories: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Against the first label: who is ahead each epoch, the final gap, epochs each needs for the other's final."""
+    """Against the first label: who is ahead each epoch, the final gap weighed against the noise of an accuracy
+    over the test images (stats.Difference), epochs each needs for the other's final."""
     labels = list(histories)
     ref = labels[0]
     lines, pairs = [], []
@@ -189,13 +191,16 @@ def compare_verdict(histories: dict[str, list[dict[str, Any]]]) -> dict[str, Any
         a, b = histories[ref], histories[other]
         n = min(len(a), len(b))
         ahead = [ref if a[e]["test_acc"] >= b[e]["test_acc"] else other for e in range(n)]
-        gap = a[n - 1]["test_acc"] - b[n - 1]["test_acc"]
+        gap = Difference(a[n - 1]["test_acc"], b[n - 1]["test_acc"], int(a[n - 1]["test_n"]))
         reach = {ref: _epochs_to_reach(a, b[n - 1]["test_acc"]), other: _epochs_to_reach(b, a[n - 1]["test_acc"])}
-        pairs.append({"reference": ref, "other": other, "ahead": ahead, "final_gap": gap, "epochs_to_reach": reach})
+        pairs.append({"reference": ref, "other": other, "ahead": ahead, "final_gap": gap.value,
+                      "noise": gap.noise, "exceeds_noise": gap.exceeds, "epochs_to_reach": reach})
         leads = {lab: ahead.count(lab) for lab in (ref, other)}
+        winner = ref if gap.value > 0 else other
         lines.append(f"{ref} vs {other}: {ref} ahead on test accuracy in {leads[ref]} of {n} epochs, {other} in "
-                     f"{leads[other]}; after epoch {n}: {pct(a[n - 1]['test_acc'])} vs {pct(b[n - 1]['test_acc'])} "
-                     f"({ref} {pts(gap)}).")
+                     f"{leads[other]}; after epoch {n}: {pct(a[n - 1]['test_acc'])} vs {pct(b[n - 1]['test_acc'])}, "
+                     f"{ref} {gap.words()}; " + (f"{winner} is ahead by more than the noise." if gap.exceeds else
+                                                 "no difference beyond the noise."))
         for x, y in ((ref, other), (other, ref)):
             target = histories[y][n - 1]["test_acc"]
             e = reach[x]

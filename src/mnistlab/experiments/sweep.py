@@ -1,5 +1,9 @@
 """Exercise 2: `sweep("notebook", lrs=[5e-4, 1e-3, 2e-3], epochs=[5, 8], jobs=2)` trains a grid, reusing
-longer runs for shorter epoch settings, and writes a table of the grid, a figure and the best setting."""
+longer runs for shorter epoch settings, and writes a table of the grid, a figure and the chosen setting.
+
+The setting is chosen by validation accuracy (the last `val` training images, 10,000 by default, which no run
+of the grid trains on); the test accuracy of every setting is reported beside it and never used to choose.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ from mnistlab.errors import ConfigError
 from mnistlab.experiments.trial import run_trial, same_run
 from mnistlab.files.runs import atomic_write, new_run_dir, read_json, read_metrics, write_json
 from mnistlab.presets import Config, resolve, validate
-from mnistlab.tables import csv_text, pct, pts
+from mnistlab.stats import Difference
+from mnistlab.tables import csv_text, pct
 from mnistlab.training.distributed import usable_cpus
 
 # ---------------------------------------------------------------- sweep (Exercise 2)
+VAL = 10_000  # validation images held out when the caller names no split: MNIST's test set size
 
 
 @dataclass
@@ -41,27 +47,57 @@ class Job:
 
 @dataclass
 class SweepResult:
+    """The grid's rows (see `_row`), the row chosen by validation accuracy (`best`) and the preset's own."""
+
     run_dir: Path
     rows: list[dict[str, Any]]
     best: dict[str, Any]
     preset_row: dict[str, Any] | None
     curves: dict[str, list[dict[str, Any]]]
     notes: list[str] = field(default_factory=list)
+    val_n: int = 0
+    test_n: int = 0
 
     @property
     def gain(self) -> float | None:
-        return None if self.preset_row is None else self.best["final_test_acc"] - self.preset_row["final_test_acc"]
+        """Test accuracy of the chosen setting minus the preset's (reported, not what chose)."""
+        return None if self.preset_row is None else self.best["test_acc"] - self.preset_row["test_acc"]
+
+    @property
+    def gain_noise(self) -> Difference | None:
+        if self.preset_row is None:
+            return None
+        return Difference(self.best["test_acc"], self.preset_row["test_acc"], self.test_n)
 
     @property
     def summary(self) -> list[str]:
         b, p = self.best, self.preset_row
-        line = f"best: {b['label']}, {b['epochs']} epochs: {pct(b['final_test_acc'])} test accuracy"
-        if p is not None:
-            line += (f", {pts(self.gain)} over the preset's setting ({p['label']}, {p['epochs']} epochs: "
-                     f"{pct(p['final_test_acc'])})")
+        lines = [f"chosen by validation accuracy (the last {self.val_n:,} training images, which no run trains "
+                 f"on): {describe(b)}, validation {pct(b['val_acc'])}; test accuracy {pct(b['test_acc'])}, "
+                 "reported, not used to choose."]
+        if p is None:
+            lines.append("The preset's own setting is not in the grid: add it to measure the gain.")
+        elif p is b:
+            lines.append("That is the preset's own setting: the grid found nothing better on validation.")
         else:
-            line += " (the preset's own setting is not in the grid: add it to measure the gain)"
-        return [*self.notes, line + "."]
+            lead = Difference(b["val_acc"], p["val_acc"], self.val_n)
+            lines.append(f"Against the preset's setting ({describe(p)}: validation {pct(p['val_acc'])}, test "
+                         f"{pct(p['test_acc'])}): validation {lead.words()}"
+                         + ("" if lead.exceeds else ", so the choice itself is uncertain")
+                         + f"; test {self.gain_noise.words()}.")
+        return [*self.notes, *lines]
+
+
+def describe(row: dict[str, Any]) -> str:
+    """"lr=0.002 batch=32, 8 epochs" (with early stopping: "..., up to 8 epochs, model of epoch 5")."""
+    if row["model_epoch"] != row["epochs"]:
+        return f"{row['label']}, up to {row['epochs']} epochs (model of epoch {row['model_epoch']})"
+    return f"{row['label']}, {row['epochs']} epochs"
+
+
+def choose(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The row with the highest validation accuracy; on a tie, the fewest epochs, then the first listed."""
+    return max(rows, key=lambda r: (r["val_acc"], -r["epochs"]))
 
 
 def _label(lr: float, batch_size: int) -> str:
@@ -124,7 +160,12 @@ def sweep(preset: str = "notebook", lrs: Sequence[float] | None = None, epochs: 
     `jobs` > 1 trains configurations in that many spawned processes, the CPU threads divided between them.
     `runs` are existing run directories the grid may reuse (same settings) instead of training again.
     """
+    if config is None and overrides.get("val") is None:
+        overrides["val"] = VAL
     base = config or resolve(preset, **overrides)
+    if base.val < 1:
+        raise ConfigError(f"sweep chooses by validation accuracy: hold out a validation split (--val N, default "
+                          f"{VAL:,}), got val {base.val}")
     lrs = list(lrs or [base.lr])
     epochs = list(epochs or [base.epochs])
     batch_sizes = list(batch_sizes or [base.batch_size])
@@ -142,8 +183,8 @@ def sweep(preset: str = "notebook", lrs: Sequence[float] | None = None, epochs: 
             for i, (job, fut) in enumerate(zip(todo, futures, strict=True), 1):
                 job.history, job.seconds = fut.result()
                 if not quiet:
-                    print(f"[sweep {i}/{len(todo)}] {job.label}, {job.config.epochs} epochs: "
-                          f"{pct(job.history[-1]['test_acc'])} ({job.how})", flush=True)
+                    print(f"[sweep {i}/{len(todo)}] {job.label}, {job.config.epochs} epochs: validation "
+                          f"{pct(job.history[-1]['val_acc'])} ({job.how})", flush=True)
     else:
         for i, job in enumerate(todo, 1):
             if not quiet:
@@ -151,30 +192,42 @@ def sweep(preset: str = "notebook", lrs: Sequence[float] | None = None, epochs: 
             job.history, job.seconds = run_job(job, data_dir, quiet)
     rows = [_row(job, e) for job in todo for e in job.serves]
     rows.sort(key=lambda r: (r["lr"], r["batch_size"], r["epochs"]))
-    best = max(rows, key=lambda r: (r["final_test_acc"], -r["epochs"]))
+    best = choose(rows)
     preset_row = next((r for r in rows if r["lr"] == base.lr and r["batch_size"] == base.batch_size
                        and r["epochs"] == base.epochs), None)
     curves = {job.label: job.history for job in todo if job.config.epochs == max(job.serves)}
-    result = SweepResult(run_dir, rows, best, preset_row, curves, notes)
+    last = todo[0].history[-1]
+    result = SweepResult(run_dir, rows, best, preset_row, curves, notes, int(last["val_n"]), int(last["test_n"]))
     atomic_write(run_dir / "sweep.csv", csv_text(rows))
-    write_json(run_dir / "sweep.json", {"rows": rows, "best": best, "preset": preset_row, "gain": result.gain,
-                                        "notes": notes, "base": base.to_dict(),
+    noise = result.gain_noise
+    write_json(run_dir / "sweep.json", {"rows": rows, "chosen_by": "val_acc", "best": best, "preset": preset_row,
+                                        "gain": result.gain, "gain_noise": noise.as_dict() if noise else None,
+                                        "summary": result.summary, "notes": notes, "base": base.to_dict(),
                                         "runs": [{"dir": j.run_dir, "how": j.how, "wall_seconds": j.seconds}
                                                  for j in todo]})
     from mnistlab.plots import sweep_plot
 
-    sweep_plot(curves, rows, run_dir / "sweep.png")
+    sweep_plot(curves, rows, run_dir / "sweep.png", chosen=best)
     return result
 
 
 def _row(job: Job, epochs: int) -> dict[str, Any]:
+    """One setting of the grid: the first `epochs` epochs of its job (fewer if early stopping ended it).
+
+    val_acc/test_acc are those of the setting's model: its last epoch, or with early stopping its best
+    validation epoch (`model_epoch`), exactly what a run of this setting alone would have saved (the stopping
+    rule only looks back, so a longer run's first epochs are the shorter run's). best_val_acc/best_epoch: the
+    highest validation accuracy over the epochs; final_*: the last epoch trained.
+    """
     h = job.history[:epochs]
-    best = max(range(len(h)), key=lambda i: (h[i]["test_acc"], -i))
+    best = max(range(len(h)), key=lambda i: (h[i]["val_acc"], -i))
+    model = best if job.config.early_stop else len(h) - 1
     how = job.how if epochs == job.config.epochs else f"epochs 1-{epochs} of the {job.config.epochs}-epoch run"
     return {
         "label": job.label, "lr": job.config.lr, "batch_size": job.config.batch_size, "epochs": epochs,
-        "final_test_acc": h[-1]["test_acc"], "best_test_acc": h[best]["test_acc"], "best_epoch": best + 1,
-        "final_train_acc": h[-1]["train_acc"],
+        "trained": len(h), "model_epoch": model + 1, "val_acc": h[model]["val_acc"],
+        "test_acc": h[model]["test_acc"], "best_val_acc": h[best]["val_acc"], "best_epoch": best + 1,
+        "final_val_acc": h[-1]["val_acc"], "final_test_acc": h[-1]["test_acc"], "final_train_acc": h[-1]["train_acc"],
         "seconds": round(sum(r["seconds"] + r.get("eval_seconds", 0.0) for r in h), 2),
         "source": how, "run_dir": str(job.source if job.how.startswith("reused") else job.run_dir),
     }

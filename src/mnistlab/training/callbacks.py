@@ -1,4 +1,5 @@
-"""Engine callbacks of a training run: weight averaging, and the run directory's per-epoch files and checkpoint."""
+"""Engine callbacks of a training run: weight averaging, early stopping, and the run directory's per-epoch
+files and checkpoint."""
 
 from __future__ import annotations
 
@@ -41,13 +42,59 @@ class WeightAverage(Callback):
         return self.average
 
 
+class EarlyStopping(Callback):
+    """Engine callback: end the run once validation accuracy has not improved for `patience` epochs.
+
+    After every epoch that improves on the best validation accuracy so far (strictly: a tie is no improvement,
+    so the earliest of equal epochs is kept), a CPU copy of the evaluated weights (`evaluated`: the model, or
+    the weight average under --ema) is kept; `restore()` puts the best epoch's weights back. The state,
+    best weights included, travels in the checkpoint, so a resumed run neither forgets its best epoch nor
+    trains past the epoch where it stopped.
+    """
+
+    def __init__(self, patience: int, evaluated: nn.Module) -> None:
+        self.patience, self.evaluated = int(patience), evaluated
+        self.best_epoch = 0
+        self.best_acc = float("-inf")
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        if "val_acc" not in row:
+            raise ValueError("early stopping needs a validation split (val_acc in the epoch's metrics)")
+        if row["val_acc"] > self.best_acc:
+            self.best_acc, self.best_epoch = row["val_acc"], int(row["epoch"])
+            self.best_state = {k: v.detach().to("cpu", copy=True)
+                               for k, v in unwrap(self.evaluated).state_dict().items()}
+        elif row["epoch"] - self.best_epoch >= self.patience:
+            self.stopped_epoch = int(row["epoch"])
+            self.stop_training = True
+
+    def restore(self) -> int:
+        """Load the best epoch's weights into the evaluated module; returns that epoch."""
+        if self.best_state is None:
+            raise ValueError("no epoch has been evaluated yet")
+        unwrap(self.evaluated).load_state_dict(self.best_state)
+        return self.best_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"patience": self.patience, "best_epoch": self.best_epoch, "best_acc": self.best_acc,
+                "stopped_epoch": self.stopped_epoch, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_epoch, self.best_acc = int(state["best_epoch"]), float(state["best_acc"])
+        self.best_state, self.stopped_epoch = state["best_state"], state["stopped_epoch"]
+        self.stop_training = self.stopped_epoch is not None
+
+
 class RunWriter(Callback):
     """Engine callback: after every epoch, metrics files and an atomic checkpoint in the run directory."""
 
     def __init__(self, run_dir: Path, cfg: Config, model: nn.Module, optimizer, scheduler,
-                 average: nn.Module | None = None) -> None:
+                 average: nn.Module | None = None, early_stop: EarlyStopping | None = None) -> None:
         self.run_dir, self.cfg = run_dir, cfg
         self.model, self.optimizer, self.scheduler, self.average = model, optimizer, scheduler, average
+        self.early_stop = early_stop  # runs before this writer, so its state includes this epoch
         self.history: list[dict[str, Any]] = []
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
@@ -63,6 +110,7 @@ class RunWriter(Callback):
             "history": self.history,
             "meta": model_metadata(self.cfg),
             "ema": self.average.state_dict() if self.average is not None else None,
+            "early_stop": self.early_stop.state_dict() if self.early_stop is not None else None,
         })
 
 

@@ -23,7 +23,7 @@ from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
 from mnistlab.training import distributed
 from mnistlab.training.augment import RandomAffine
-from mnistlab.training.callbacks import RunWriter, WeightAverage, set_rng_state
+from mnistlab.training.callbacks import EarlyStopping, RunWriter, WeightAverage, set_rng_state
 from mnistlab.training.device import amp_dtype, pick_device
 from mnistlab.training.engine import Callback, EpochMetrics, StepOptions, fit
 from mnistlab.training.optim import make_optimizer, make_scheduler
@@ -32,16 +32,28 @@ from mnistlab.training.progress import Progress
 
 @dataclass
 class TrainResult:
-    """What a training run produced: its directory, resolved config, per-epoch history and the model."""
+    """What a training run produced: its directory, resolved config, per-epoch history and the model.
+
+    With early stopping `model` holds the weights of `best_epoch` (the best on validation), which may be
+    earlier than the last epoch of `history`; otherwise those of the last epoch.
+    """
 
     run_dir: Path | None
     config: Config
     history: list[EpochMetrics]
     model: nn.Module = field(repr=False)
+    best_epoch: int | None = None
+    stopped_epoch: int | None = None
+
+    @property
+    def model_epoch(self) -> int:
+        """The epoch whose weights `model` holds."""
+        return self.best_epoch or len(self.history)
 
     @property
     def test_acc(self) -> float:
-        return self.history[-1]["test_acc"]
+        """The fp32 test accuracy of `model` (what `mnistlab evaluate` prints for model.safetensors)."""
+        return self.history[self.model_epoch - 1]["test_acc"]
 
 
 @dataclass
@@ -124,21 +136,48 @@ def train(
     if write_run and env.is_main:  # one writer
         run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
     cbs = run_callbacks(rank, cfg, env, run_dir, quiet, callbacks)
+    stopped = rank.stopper is not None and rank.stopper.stopped_epoch is not None
     if resume is not None and env.is_main and not quiet:
-        print(f"resuming {resume} after epoch {rank.start_epoch}/{cfg.epochs}"
-              + ("; nothing to do" if rank.start_epoch >= cfg.epochs else ""), flush=True)
+        done = ("; stopped early, nothing to do" if stopped else
+                "; nothing to do" if rank.start_epoch >= cfg.epochs else "")
+        print(f"resuming {resume} after epoch {rank.start_epoch}/{cfg.epochs}{done}", flush=True)
     history = fit(
         net, rank.optimizer, rank.data.train, rank.data.evals,
-        epochs=cfg.epochs, start_epoch=rank.start_epoch, scheduler=rank.scheduler,
+        epochs=rank.start_epoch if stopped else cfg.epochs, start_epoch=rank.start_epoch, scheduler=rank.scheduler,
         schedule_per_step=rank.schedule_per_step, step=step_options(cfg, rank.device), callbacks=cbs,
         history=rank.history, eval_model=rank.averager.for_eval if rank.averager else None,
     )
     final = rank.model if rank.averager is None else rank.averager.average.module  # what was evaluated
+    result = TrainResult(run_dir, cfg, history, final)
+    if rank.stopper is not None and rank.stopper.best_state is not None:
+        result.best_epoch, result.stopped_epoch = rank.stopper.restore(), rank.stopper.stopped_epoch
+        if env.is_main and not quiet:
+            print(early_stop_line(result), flush=True)
     if run_dir is not None:
-        save_safetensors(final, run_dir / "model.safetensors",
-                         model_metadata(cfg, {"test_acc": history[-1]["test_acc"] if history else None}))
+        save_safetensors(final, run_dir / "model.safetensors", model_metadata(cfg, model_facts(result)))
     distributed.barrier(env)
-    return TrainResult(run_dir, cfg, history, final.eval())
+    final.eval()
+    return result
+
+
+def model_facts(r: TrainResult) -> dict[str, Any]:
+    """The saved model's epoch and fp32 accuracies (its metrics row), for the model file's metadata."""
+    if not r.history:
+        return {"test_acc": None}
+    row = r.history[r.model_epoch - 1]
+    facts = {"test_acc": row["test_acc"], "val_acc": row.get("val_acc"), "epoch": r.model_epoch}
+    if r.config.early_stop:
+        facts.update(best_epoch=r.best_epoch, stopped_epoch=r.stopped_epoch)
+    return facts
+
+
+def early_stop_line(r: TrainResult) -> str:
+    """How early stopping ended, in one line."""
+    row = r.history[r.model_epoch - 1]
+    how = (f"stopped after epoch {r.stopped_epoch}: validation accuracy had not improved for "
+           f"{r.config.early_stop} epoch(s)" if r.stopped_epoch else f"trained all {len(r.history)} epochs")
+    return (f"early stopping: {how}; the model is epoch {r.model_epoch}'s, the best on validation "
+            f"(val {row['val_acc']:.2f}%, test {row['test_acc']:.2f}%)")
 
 
 # ---------------------------------------------------------------- the phases of a run
@@ -155,6 +194,7 @@ class RankState:
     history: list[EpochMetrics] = field(default_factory=list)
     start_epoch: int = 0
     averager: WeightAverage | None = None
+    stopper: EarlyStopping | None = None
 
 
 def set_up(cfg: Config, env: distributed.DistEnv, resume: str | Path | None, data_dir: str | Path | None,
@@ -180,6 +220,8 @@ def set_up(cfg: Config, env: distributed.DistEnv, resume: str | Path | None, dat
         scheduler, per_step = make_scheduler(cfg, optimizer, len(data.train))
         rank = RankState(device, data, model, optimizer, scheduler, per_step)
         rank.averager = WeightAverage(model, cfg.ema, data.train) if cfg.ema else None
+        if cfg.early_stop:  # watches (and keeps the best of) the weights that are evaluated
+            rank.stopper = EarlyStopping(cfg.early_stop, model if rank.averager is None else rank.averager.average.module)
         if ckpt is not None:
             restore(rank, ckpt, reseed=not env.active)  # DDP ranks reseed every epoch (distributed.RankSeed)
     except Exception as e:  # noqa: BLE001 - re-raised by agree, after telling the other ranks
@@ -204,6 +246,8 @@ def restore(rank: RankState, ckpt: dict[str, Any], reseed: bool) -> None:
     rank.history, rank.start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
     if rank.averager is not None and ckpt.get("ema") is not None:
         rank.averager.average.load_state_dict(ckpt["ema"])
+    if rank.stopper is not None and ckpt.get("early_stop") is not None:
+        rank.stopper.load_state_dict(ckpt["early_stop"])
 
 
 def wrap(model: nn.Module, cfg: Config, env: distributed.DistEnv, device: torch.device) -> nn.Module:
@@ -222,7 +266,7 @@ def wrap(model: nn.Module, cfg: Config, env: distributed.DistEnv, device: torch.
 def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_dir: Path | None, quiet: bool,
                   extra: Sequence[Callback] = ()) -> list[Callback]:
     """Phase 3: the engine callbacks, in the order they run: progress, per-rank seeding, weight averaging,
-    the caller's, and last the run directory's writer (`run_dir`: only the main rank writes)."""
+    the caller's, early stopping, and last the run directory's writer (`run_dir`: only the main rank writes)."""
     cbs: list[Callback] = []
     if env.is_main and not quiet:
         cbs.append(Progress(cfg.epochs))
@@ -231,12 +275,14 @@ def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_di
     if rank.averager is not None:
         cbs.append(rank.averager)
     cbs.extend(extra)
+    if rank.stopper is not None:
+        cbs.append(rank.stopper)
     if run_dir is not None:
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
         write_json(run_dir / "env.json", environment(rank.device, env.world_size, env.backend))
         writer = RunWriter(run_dir, cfg, rank.model, rank.optimizer, rank.scheduler,
-                           rank.averager.average if rank.averager else None)
+                           rank.averager.average if rank.averager else None, rank.stopper)
         writer.history = list(rank.history)
         cbs.append(writer)
     return cbs

@@ -14,7 +14,7 @@ def code_cells(r) -> dict[str, str]:
     """Per section title prefix, the code that reproduces it through the mnistlab Python API."""
     cfg, s = r.config, r.settings
     common = f"data_dir={r.data_dir!r}, " if r.data_dir else ""
-    sub = f", subset={cfg.subset}" if cfg.subset else ""
+    sub = (f", subset={cfg.subset}" if cfg.subset else "") + (f", val={cfg.val}" if cfg.val else "")
     return {
         "Exercise 1": (
             "import mnistlab\nfrom mnistlab.exercises.analysis import analyse\n\n"
@@ -26,7 +26,10 @@ def code_cells(r) -> dict[str, str]:
             "for row in facts[\"table\"]:\n    print(row[\"epoch\"], round(row[\"test_acc\"], 2))"),
         "Exercise 2": (
             f"sweep = mnistlab.sweep(\"notebook\", lrs={s['lrs']}, epochs={s['sweep_epochs']}{sub}, {common}"
-            "out=\"my-lab/exercise2\", runs=[\"my-lab/exercise1\"])\nprint(\"\\n\".join(sweep.summary))"),
+            "out=\"my-lab/exercise2\", runs=[\"my-lab/exercise1\"])\nprint(\"\\n\".join(sweep.summary))  # chosen by val\n"
+            "# question 6 again, with its direct evidence: the sweep continued step 1's very run\n"
+            "longer = next(h for h in sweep.curves.values() if h[: len(run.history)] == run.history)\n"
+            "print(analyse(run.history, continued=longer)[\"answer\"])"),
         "Exercise 3": (
             f"cmp = mnistlab.compare(\"notebook\", \"adam,sgd,plain-sgd=sgd\", {{\"plain-sgd\": {{\"lr\": {cfg.lr}, "
             f"\"momentum\": 0.0}}}}, epochs={cfg.epochs}{sub}, {common}out=\"my-lab/exercise3\", "

@@ -1,0 +1,143 @@
+"""The learning-rate range test: from the Config's seeded initial weights, train with its model and optimizer
+while the learning rate grows exponentially from `start_lr` to `end_lr`, one rate per step, and suggest a rate
+from the smoothed loss.
+
+    result = lr_find("notebook")     # runs/lr-find-notebook-<timestamp>/lr_find.json, lr_find.png
+    result.suggestion                # the rate to train with; result.method says how it was chosen
+
+The loss of each step is smoothed by an exponential moving average (bias-corrected, so the first steps count);
+the ramp ends after `steps` steps, or as soon as the smoothed loss exceeds `diverge` times its minimum or a
+loss is not finite. Two rates are read off the smoothed curve: the rate at its minimum, divided by 10 (the
+suggestion), and the rate where it falls most steeply per decade of learning rate (recorded beside it).
+Only the training split is used (never the validation or test images); the model and optimizer are thrown
+away afterwards. The batches are the Config's seeded shuffle, so a seed gives the same curve every time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mnistlab.data.loader import DeviceLoader
+from mnistlab.errors import ConfigError
+from mnistlab.files.runs import new_run_dir, write_json
+from mnistlab.presets import Config, resolve
+from mnistlab.training.device import amp_dtype, autocast, cpu_training_mode, pick_device
+from mnistlab.training.engine import loss_fn
+from mnistlab.training.optim import make_optimizer
+from mnistlab.training.run import augmenter, build, load_data
+
+MIN_DIVISOR = 10.0  # the suggestion: the rate at the smoothed loss's minimum / 10
+
+
+@dataclass
+class LrFindResult:
+    """The range test's curve and the rate it suggests."""
+
+    run_dir: Path | None
+    config: Config
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggestion: float
+    min_loss_lr: float  # the rate at the smoothed loss's minimum
+    steepest_lr: float  # the rate of the steepest fall of the smoothed loss
+    stopped: str  # why the ramp ended
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return (f"the rate at the smoothed loss's minimum ({self.min_loss_lr:.3g}) divided by {MIN_DIVISOR:g}; "
+                f"the steepest fall of the smoothed loss is at {self.steepest_lr:.3g}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"suggestion": self.suggestion, "method": self.method, "min_loss_lr": self.min_loss_lr,
+                "steepest_lr": self.steepest_lr, "stopped": self.stopped, **self.settings,
+                "config": self.config.to_dict(), "lrs": self.lrs, "losses": self.losses, "smoothed": self.smoothed}
+
+
+def _batches(train: DeviceLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The training batches of epoch 1, 2, ... in the loader's seeded order, without end."""
+    epoch = 1
+    while True:
+        yield from train.epoch(epoch)
+        epoch += 1
+
+
+def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float, float]:
+    """(suggestion, rate at the minimum, rate of the steepest descent) of a smoothed range-test curve; the
+    suggestion is rounded to two significant digits (the test cannot place it more finely)."""
+    low = min(range(len(smoothed)), key=smoothed.__getitem__)
+    logs = [math.log10(lr) for lr in lrs]
+    slopes = [(smoothed[i + 1] - smoothed[i]) / (logs[i + 1] - logs[i]) for i in range(low)]
+    steep = min(range(len(slopes)), key=slopes.__getitem__) if slopes else 0
+    return float(f"{lrs[low] / MIN_DIVISOR:.2g}"), lrs[low], lrs[steep]
+
+
+def lr_find(preset: str = "notebook", *, config: Config | None = None, start_lr: float = 1e-7,
+            end_lr: float = 10.0, steps: int = 300, smoothing: float = 0.98, diverge: float = 4.0,
+            out: str | Path | None = None, data_dir: str | Path | None = None, write: bool = True,
+            **overrides: Any) -> LrFindResult:
+    """Run the range test for `preset` (with overrides) or `config`; with `write`, lr_find.json and lr_find.png
+    in `out` (default runs/lr-find-<preset>-<timestamp>)."""
+    if not 0 < start_lr < end_lr:
+        raise ConfigError(f"the range test needs 0 < start_lr < end_lr, got {start_lr:g} and {end_lr:g}")
+    if steps < 2:
+        raise ConfigError(f"the range test needs at least 2 steps, got {steps}")
+    cfg = config if config is not None else resolve(preset, **overrides)
+    device = pick_device(cfg.device)
+    train = load_data(cfg, device, data_dir).train
+    model = build(cfg, device)  # seeds torch: the same initial weights and augmentation draws for a seed
+    optimizer = make_optimizer(cfg, model.parameters(), device)
+    amp, augment = amp_dtype(cfg.amp, device), augmenter(cfg)
+    growth = (end_lr / start_lr) ** (1.0 / (steps - 1))
+    lrs, losses, smoothed = [], [], []
+    average, stopped = 0.0, f"reached the end of the ramp ({steps} steps)"
+    batches = _batches(train)
+    with cpu_training_mode(device):
+        model.train()
+        for i in range(steps):
+            lr = start_lr * growth**i
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = next(batches)
+            if augment is not None:
+                x = augment(x)
+            with autocast(device, amp):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y, cfg.label_smoothing, cfg.double_softmax, reduction="mean")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()  # the range test reads every step's loss: one host sync per step
+            if not math.isfinite(value):
+                stopped = f"the loss became {value} at lr {lr:.3g} (step {i + 1})"
+                break
+            average = smoothing * average + (1 - smoothing) * value
+            lrs.append(lr)
+            losses.append(value)
+            smoothed.append(average / (1 - smoothing ** (i + 1)))
+            if smoothed[-1] > diverge * min(smoothed):
+                stopped = (f"the smoothed loss exceeded {diverge:g}x its minimum at lr {lr:.3g} "
+                           f"(step {i + 1})")
+                break
+    if len(lrs) < 2:
+        raise ConfigError(f"the range test diverged immediately ({stopped}); lower --start-lr")
+    suggestion, low, steep = suggest(lrs, smoothed)
+    settings = {"start_lr": start_lr, "end_lr": end_lr, "steps": steps, "steps_run": len(lrs),
+                "smoothing": smoothing, "diverge": diverge, "batch_size": cfg.batch_size,
+                "training_images": train.num_samples}
+    result = LrFindResult(None, cfg, lrs, losses, smoothed, suggestion, low, steep, stopped, settings)
+    if write:
+        result.run_dir = new_run_dir(f"lr-find-{cfg.preset}", out)
+        write_json(result.run_dir / "lr_find.json", result.as_dict())
+        from mnistlab.plots import lr_find_plot
+
+        lr_find_plot(lrs, losses, smoothed, {"suggestion": suggestion, "minimum": low, "steepest": steep},
+                     result.run_dir / "lr_find.png", title=f"learning-rate range test: {cfg.preset}")
+    return result

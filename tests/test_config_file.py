@@ -1,0 +1,73 @@
+"""`train --config FILE`: a run's config.json re-runs that run exactly; TOML files; flags override; bad files."""
+
+from __future__ import annotations
+
+import pytest
+
+from mnistlab.errors import ConfigError
+from mnistlab.files.runs import read_json, read_metrics
+from mnistlab.presets import load_config, resolve
+
+TIMING = {"seconds", "eval_seconds", "images_per_s"}
+
+
+def numbers(run_dir):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in read_metrics(run_dir)]
+
+
+def test_config_json_reruns_the_run_and_flags_override_it(cli, mnist_dir, tmp_path):
+    data = ["--data-dir", str(mnist_dir), "--quiet"]
+    first, again, longer = tmp_path / "first", tmp_path / "again", tmp_path / "longer"
+    code, _, err = cli("train", "--preset", "notebook", "--optimizer", "sgd", "--opt", "momentum=0.9", "--lr", "0.05",
+                       "--epochs", "1", "--subset", "600", "--val", "100", "--seed", "4", "--device", "cpu", *data,
+                       "--out", str(first))
+    assert code == 0, err
+    code, _, err = cli("train", "--config", str(first / "config.json"), *data, "--out", str(again))
+    assert code == 0, err
+    assert read_json(again / "config.json") == read_json(first / "config.json")
+    assert numbers(again) == numbers(first)  # same settings, same seed, same numbers
+    # Only the options actually given override the file: --epochs here; not the default --preset notebook.
+    code, _, err = cli("train", "--config", str(first / "config.json"), "--epochs", "2", *data, "--out", str(longer))
+    assert code == 0, err
+    cfg = read_json(longer / "config.json")
+    assert cfg["epochs"] == 2 and cfg["optimizer"] == "SGD" and cfg["opt_args"] == {"lr": 0.05, "momentum": 0.9}
+    assert cfg["seed"] == 4 and cfg["val"] == 100
+    assert numbers(longer)[0] == numbers(first)[0]  # epoch 1 of the longer run is the first run's epoch 1
+
+
+def test_toml_applies_settings_to_its_preset(tmp_path):
+    f = tmp_path / "fast.toml"
+    f.write_text('preset = "fast"\nepochs = 2\nval = 5000\nearly_stop = 1\n\n[opt_args]\nlr = 0.02\n')
+    cfg = load_config(f)
+    assert cfg == resolve("fast", epochs=2, val=5000, early_stop=1, lr=0.02)
+    assert cfg.opt_args == {"lr": 0.02, "betas": (0.7, 0.9)}  # merged like --lr/--opt
+    plain = tmp_path / "plain.toml"
+    plain.write_text("epochs = 3\n")
+    assert load_config(plain) == resolve("notebook", epochs=3)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("bad.toml", "epochs = ", "not valid TOML"),
+    ("bad.json", "{\"epochs\": 2,", "not valid JSON"),
+    ("list.json", "[1, 2]", "expected a table of Config settings"),
+    ("typo.toml", "epoch = 5\n", "unknown setting(s) epoch"),
+    ("type.toml", 'epochs = "5"\n', "epochs = '5' is not of type int"),
+    ("value.toml", "val = -1\n", "val must be 0 or more"),
+    ("other.toml", 'preset = "mine"\n', "unknown preset 'mine'"),
+])
+def test_bad_files_are_one_line_errors(cli, tmp_path, name, text, message):
+    f = tmp_path / name
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert message in str(e.value)
+    code, out, err = cli("train", "--config", str(f))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_conflicts(cli, tmp_path):
+    code, _, err = cli("train", "--config", str(tmp_path / "missing.json"))
+    assert code == 2 and "missing.json: not found" in err
+    (tmp_path / "c.toml").write_text("epochs = 1\n")
+    code, _, err = cli("train", "--config", str(tmp_path / "c.toml"), "--preset", "fast")
+    assert code == 2 and err.startswith("error: --config and --preset cannot be combined")
