@@ -60,14 +60,20 @@ def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False)
                    help="weight averaging: evaluate and save a moving average of the weights (e.g. 0.999)")
     p.add_argument("--subset", type=positive_int, help="train on the first N training images")
     p.add_argument("--val", type=int, help="hold out N training images as a validation split")
+    add_tensorboard_option(p)
     add_data_options(p)
+
+
+def add_tensorboard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="write no TensorBoard event files into the run directory")
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """The Config overrides the user gave (unset options are None and leave the preset alone)."""
     over: dict[str, Any] = {}
     for key in ("epochs", "lr", "batch_size", "optimizer", "seed", "device", "amp", "compile", "cuda_graphs",
-                "channels_last", "double_softmax", "ema", "subset", "val", "dataset"):
+                "channels_last", "double_softmax", "ema", "subset", "val", "dataset", "tensorboard"):
         value = getattr(args, key, None)
         if value is not None:
             over[key] = value

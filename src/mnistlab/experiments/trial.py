@@ -8,7 +8,8 @@ from typing import Any
 from mnistlab.presets import Config
 
 # Settings that do not change what a run computes epoch by epoch.
-NEUTRAL_KEYS = {"epochs", "description", "preset", "device", "compile", "cuda_graphs", "channels_last"}
+NEUTRAL_KEYS = {"epochs", "description", "preset", "device", "compile", "cuda_graphs", "channels_last",
+                "tensorboard"}
 
 
 def config_json(cfg: Config) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from mnistlab.files.checkpoints import load_checkpoint, model_metadata, save_saf
 from mnistlab.files.runs import environment, new_run_dir, read_json, remove_partial_files, write_json
 from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
-from mnistlab.training import distributed
+from mnistlab.training import distributed, tensorboard
 from mnistlab.training.callbacks import RunWriter, WeightAverage, set_rng_state
 from mnistlab.training.device import amp_dtype, pick_device
 from mnistlab.training.engine import StepOptions, fit
@@ -168,7 +168,8 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    run_dir = None
+    run_dir, board = None, None
+    amp = amp_dtype(cfg.amp, device)
     cbs = list(callbacks)
     if averager is not None:
         cbs.insert(0, averager)
@@ -182,7 +183,11 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
-        write_json(run_dir / "env.json", environment(device, env.world_size, env.backend))
+        precision = str(amp).removeprefix("torch.") if amp is not None else "float32"
+        write_json(run_dir / "env.json", {**environment(device, env.world_size, env.backend), "precision": precision})
+        board = tensorboard.open_logger(run_dir, cfg, start_epoch, precision)
+        if board is not None:  # before RunWriter: an epoch's events are on disk before its checkpoint
+            cbs.append(board)
         writer = RunWriter(run_dir, cfg, model, optimizer, scheduler,
                            averager.average if averager else None)
         writer.history = list(history)
@@ -194,7 +199,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
     history = fit(
         net, optimizer, data.train, data.evals,
         epochs=cfg.epochs, start_epoch=start_epoch, scheduler=scheduler, schedule_per_step=per_step,
-        step=StepOptions(amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
+        step=StepOptions(amp=amp, label_smoothing=cfg.label_smoothing,
                          double_softmax=cfg.double_softmax, augment=augmenter(cfg), cuda_graphs=cfg.cuda_graphs),
         callbacks=cbs, history=history, eval_model=averager.for_eval if averager else None,
     )
@@ -202,6 +207,8 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
     if run_dir is not None:
         save_safetensors(final, run_dir / "model.safetensors",
                          model_metadata(cfg, {"test_acc": history[-1]["test_acc"] if history else None}))
+    if board is not None:
+        board.summarise(final, history, data.evals["test"])
     distributed.barrier(env)
     return TrainResult(run_dir, cfg, history, final.eval())
 
