@@ -94,13 +94,26 @@ def test_resume_appends_and_a_crash_past_the_checkpoint_is_not_counted_twice(cli
     assert_scalars_equal_metrics_csv(run)
 
     # As if the process had died after logging epoch 3 but before its checkpoint: the resumed run trains
-    # epoch 3 again, and TensorBoard keeps only the new epoch 3.
+    # epoch 3 again, and TensorBoard keeps only the new epoch 3 (the earlier files' steps are purged, the
+    # checkpoint's epochs 1-2 logged again).
     for name in ("checkpoint.pt", "metrics.csv", "metrics.jsonl"):
         shutil.copy2(saved / name, run / name)
     assert cli("train", "--resume", str(run), "--epochs", "3", "--quiet", *data)[0] == 0
     assert len(list(run.glob("events.out.tfevents.*"))) == 3
     acc = assert_scalars_equal_metrics_csv(run)
-    assert [p.step for p in acc.Images("evaluation/confusion_matrix")] == [2, 3]
+    assert [p.step for p in acc.Images("evaluation/confusion_matrix")] == [3]
+
+
+def test_a_copied_run_without_event_files_gets_its_whole_history(cli, mnist_dir, tmp_path):
+    """What a sweep does when it resumes a copy of an existing run (its event files are not copied)."""
+    run, copy = tmp_path / "run", tmp_path / "copy"
+    data = ["--data-dir", str(mnist_dir)]
+    assert cli(*TRAIN, "--epochs", "1", "--subset", "300", *data, "--out", str(run))[0] == 0
+    copy.mkdir()
+    for name in ("config.json", "metrics.csv", "metrics.jsonl", "checkpoint.pt"):
+        shutil.copy2(run / name, copy / name)
+    assert cli("train", "--resume", str(copy), "--epochs", "2", "--quiet", *data)[0] == 0
+    assert [p.step for p in assert_scalars_equal_metrics_csv(copy).Scalars("accuracy/test")] == [1, 2]
 
 
 def test_no_tensorboard_option_and_missing_package(cli, mnist_dir, tmp_path, monkeypatch, capsys):

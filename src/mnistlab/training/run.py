@@ -185,7 +185,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         write_json(run_dir / "config.json", cfg.to_dict())
         precision = str(amp).removeprefix("torch.") if amp is not None else "float32"
         write_json(run_dir / "env.json", {**environment(device, env.world_size, env.backend), "precision": precision})
-        board = tensorboard.open_logger(run_dir, cfg, start_epoch, precision)
+        board = tensorboard.open_logger(run_dir, cfg, precision, history)
         if board is not None:  # before RunWriter: an epoch's events are on disk before its checkpoint
             cbs.append(board)
         writer = RunWriter(run_dir, cfg, model, optimizer, scheduler,

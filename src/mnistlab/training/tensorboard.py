@@ -7,8 +7,10 @@
     Images   at the end, from the trained weights' fp32 predictions on the whole test split: the confusion
              matrix, the most confident mistakes and a grid of the first test images with predictions
 
-A resumed run opens its writer with purge_step = the first epoch it trains: TensorBoard then drops whatever
-an interrupted process logged past its last checkpoint, and no epoch is counted twice.
+Every process that trains a run directory opens its writer with purge_step=1 and first logs the epochs it
+resumes from (the checkpoint's history): TensorBoard then shows each epoch once, as the checkpoint has it,
+whatever an interrupted process logged past its last checkpoint and whether or not the directory's earlier
+event files exist (a sweep resumes copies of runs, without them).
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ SAMPLES = 30  # the first test images, shown with their predictions
 _told_missing = False
 
 
-def open_logger(run_dir: Path, cfg: Config, start_epoch: int, precision: str) -> TensorBoardLogger | None:
-    """The run's TensorBoard callback, or None when turned off or when tensorboard is not installed (said
-    once per process on stderr; training goes on without it)."""
+def open_logger(run_dir: Path, cfg: Config, precision: str,
+                history: list[EpochMetrics] | None = None) -> TensorBoardLogger | None:
+    """The run's TensorBoard callback, its event file already holding `history` (the epochs a resumed run
+    has done); None when turned off or when tensorboard is not installed (said once per process on stderr;
+    training goes on without it)."""
     global _told_missing
     if not cfg.tensorboard:
         return None
@@ -55,8 +59,10 @@ def open_logger(run_dir: Path, cfg: Config, start_epoch: int, precision: str) ->
             print(MISSING, file=sys.stderr, flush=True)
             _told_missing = True
         return None
-    writer = SummaryWriter(str(run_dir), purge_step=start_epoch + 1)
-    return TensorBoardLogger(writer, cfg, precision)
+    logger = TensorBoardLogger(SummaryWriter(str(run_dir), purge_step=1), cfg, precision)
+    for row in history or []:
+        logger.log_epoch(row)
+    return logger
 
 
 def hparams_of(cfg: Config, precision: str) -> dict[str, Any]:
@@ -84,12 +90,15 @@ class TensorBoardLogger(Callback):
         return Path(self.writer.log_dir)
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
+        self.log_epoch(metrics)
+        self.writer.flush()  # written before the epoch's checkpoint, and visible to a running TensorBoard
+        self.epochs_logged += 1
+
+    def log_epoch(self, metrics: EpochMetrics) -> None:
         step = int(metrics["epoch"])
         for column, tag in SCALARS.items():
             if column in metrics:
                 self.writer.add_scalar(tag, float(metrics[column]), step)
-        self.writer.flush()  # written before the epoch's checkpoint, and visible to a running TensorBoard
-        self.epochs_logged += 1
 
     def summarise(self, model: nn.Module, history: list[EpochMetrics], test: DeviceLoader) -> None:
         """HParams with the final metrics, and the test split's confusion matrix, most confident mistakes and

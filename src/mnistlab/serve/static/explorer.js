@@ -95,6 +95,12 @@ function statusBadge(status) {
   return h("span", { class: "badge status-" + status }, status);
 }
 
+// 1, 2, 2.5 or 5 times a power of ten, at least `raw`: a round distance between axis ticks.
+function niceStep(raw) {
+  const p = 10 ** Math.floor(Math.log10(raw));
+  return p * ([1, 2, 2.5, 5, 10].find((f) => f * p >= raw) || 10);
+}
+
 // A line chart in SVG. series: [{label, color, dash, points: [[x, y], ...]}]; integer x (epochs).
 function lineChart(title, yLabel, series, { width = 460, height = 250 } = {}) {
   const m = { l: 54, r: 12, t: 24, b: 36 };
@@ -116,10 +122,10 @@ function lineChart(title, yLabel, series, { width = 460, height = 250 } = {}) {
   const X = (x) => m.l + ((x - x0) / (x1 - x0)) * (width - m.l - m.r);
   const Y = (y) => height - m.b - ((y - y0) / (y1 - y0)) * (height - m.t - m.b);
   const axes = svg("g", { class: "axes" });
-  for (let i = 0; i <= 4; i++) {
-    const y = y0 + ((y1 - y0) * i) / 4;
+  const tick = niceStep((y1 - y0) / 4);
+  for (let y = Math.ceil(y0 / tick) * tick; y <= y1; y += tick) {
     axes.append(svg("line", { x1: m.l, x2: width - m.r, y1: Y(y), y2: Y(y), class: "grid" }));
-    axes.append(svg("text", { x: m.l - 6, y: Y(y) + 4, "text-anchor": "end" }, num(y, 3)));
+    axes.append(svg("text", { x: m.l - 6, y: Y(y) + 4, "text-anchor": "end" }, num(+y.toPrecision(6), 4)));
   }
   const step = Math.max(1, Math.ceil((x1 - x0) / 10));
   for (let x = Math.ceil(x0); x <= x1; x += step) {
