@@ -35,6 +35,10 @@ def tree(runs_tree, tmp_path_factory) -> Path:
     for name in ("a", "broken-config", "damaged", "sweep-notebook"):
         shutil.copytree(runs_tree / name, served / name)
     os.symlink(outside / "run", served / "escape")  # a run folder outside, linked in
+    (served / "odd-types").mkdir()  # valid JSON, wrong types: shown as far as it makes sense, never a 500
+    (served / "odd-types" / "config.json").write_text(json.dumps(
+        {"preset": 5, "epochs": "two", "batch_size": 3.5, "opt_args": {"lr": "fast"}, "amp": None}))
+    (served / "odd-types" / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": "high"}\n[1, 2]\n')
     (served / "linked-file").mkdir()
     (served / "linked-file" / "config.json").write_text('{"preset": "notebook", "epochs": 1}')
     os.symlink(outside / "secret.jsonl", served / "linked-file" / "metrics.jsonl")
@@ -51,7 +55,7 @@ def test_runs_lists_every_run_directory_nested_too(client, tree):
     r = client.get("/api/runs")
     assert r.status_code == 200
     runs = {row["id"]: row for row in r.json()["runs"]}
-    assert sorted(runs) == sorted([*RUNS, "linked-file"])  # not the symlinked folder, not sweep-notebook
+    assert sorted(runs) == sorted([*RUNS, "linked-file", "odd-types"])  # not the link, not sweep-notebook
     a = runs["a"]
     rows = [json.loads(line) for line in (tree / "a" / "metrics.jsonl").read_text().splitlines()]
     assert a["status"] == "done" and a["kind"] == "train" and a["has_model"] and a["problems"] == []
@@ -63,6 +67,10 @@ def test_runs_lists_every_run_directory_nested_too(client, tree):
     assert "metrics.jsonl: line 2" in runs["damaged"]["problems"][0]
     assert runs["broken-config"]["status"] == "corrupt" and runs["broken-config"]["preset"] is None
     assert runs["linked-file"]["epochs"] == 0  # its metrics.jsonl links out of the folder: not read
+    odd = runs["odd-types"]
+    assert odd["status"] == "corrupt" and odd["epochs"] == 1 and odd["final_test_acc"] is None
+    assert odd["preset"] is None and odd["batch_size"] is None and odd["lr"] is None
+    assert client.get("/api/runs/odd-types").status_code == 200
 
     again = client.get("/api/runs", headers={"If-None-Match": r.headers["etag"]})
     assert again.status_code == 304 and again.content == b""

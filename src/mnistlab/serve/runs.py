@@ -138,7 +138,7 @@ class RunsRoot:
         updated = max(_mtime(self.file(run, name)) for name in ("config.json", "metrics.jsonl", "checkpoint.pt",
                                                                 "model.safetensors"))
         done = len(rows)
-        planned = _number(cfg.get("epochs"))
+        planned = _int(cfg.get("epochs"))
         if problems:
             status = "corrupt"
         elif self.file(run, "source.json"):
@@ -150,14 +150,15 @@ class RunsRoot:
         else:
             status = "interrupted"
         opt_args = cfg.get("opt_args") if isinstance(cfg.get("opt_args"), dict) else {}
+        env_value = env.value or {}
         return {
             "id": self.run_id(run), "name": run.name, "kind": self.kind(run), "status": status,
-            "problems": problems, "preset": cfg.get("preset"), "model": cfg.get("model"),
-            "dataset": cfg.get("dataset"), "epochs": done, "planned_epochs": planned,
-            "optimizer": cfg.get("optimizer"), "lr": _number(opt_args.get("lr")),
-            "batch_size": _number(cfg.get("batch_size")),
-            "precision": (env.value or {}).get("precision") or cfg.get("amp"),
-            "device": (env.value or {}).get("device"),
+            "problems": problems, "preset": _text(cfg.get("preset")), "model": _text(cfg.get("model")),
+            "dataset": _text(cfg.get("dataset")), "epochs": done, "planned_epochs": planned,
+            "optimizer": _text(cfg.get("optimizer")), "lr": _number(opt_args.get("lr")),
+            "batch_size": _int(cfg.get("batch_size")),
+            "precision": _text(env_value.get("precision")) or _text(cfg.get("amp")),
+            "device": _text(env_value.get("device")),
             **_accuracies(rows),
             "seconds": round(sum(_number(r.get("seconds")) or 0.0 for r in rows)
                              + sum(_number(r.get("eval_seconds")) or 0.0 for r in rows), 2),
@@ -222,6 +223,15 @@ def _number(value: Any) -> float | int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return value
+
+
+def _int(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None and number == int(number) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _mtime(path: Path | None) -> float:

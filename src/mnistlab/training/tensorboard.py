@@ -72,8 +72,9 @@ def hparams_of(cfg: Config, precision: str) -> dict[str, Any]:
         if key in ("description", "tensorboard", "opt_args") or value is None:
             continue
         out[key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-    for key, value in cfg.opt_args.items():
-        out[f"opt.{key}"] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    for key, value in cfg.opt_args.items():  # lr on its own, the optimizer's other arguments as opt.<name>
+        name = "lr" if key == "lr" else f"opt.{key}"
+        out[name] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
     out["precision"] = precision
     return out
 

@@ -66,8 +66,9 @@ function when(epochSeconds) {
   if (!epochSeconds) return "–";
   const d = new Date(epochSeconds * 1000);
   const pad = (n) => String(n).padStart(2, "0");
-  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + pad(d.getHours()) + ":" +
-    pad(d.getMinutes());
+  const day = pad(d.getMonth() + 1) + "-" + pad(d.getDate());
+  return (d.getFullYear() === new Date().getFullYear() ? "" : d.getFullYear() + "-") + day + " " +
+    pad(d.getHours()) + ":" + pad(d.getMinutes());
 }
 
 function value(v) {
