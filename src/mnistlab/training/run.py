@@ -183,8 +183,9 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
-        precision = str(amp).removeprefix("torch.") if amp is not None else "float32"
-        write_json(run_dir / "env.json", {**environment(device, env.world_size, env.backend), "precision": precision})
+        precision = str(amp).removeprefix("torch.") if amp is not None else "float32"  # what "auto" chose
+        environ = environment(device, env.world_size, env.backend)
+        write_json(run_dir / "env.json", {**environ, "precision": precision})
         board = tensorboard.open_logger(run_dir, cfg, precision, history)
         if board is not None:  # before RunWriter: an epoch's events are on disk before its checkpoint
             cbs.append(board)
