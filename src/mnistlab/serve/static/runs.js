@@ -19,7 +19,7 @@ function cells(r) {
   const status = h("td", {}, statusBadge(r.status));
   if (r.problems.length) status.title = r.problems.join("\n");
   return [
-    h("td", {}, h("a", { href: runPage(r.id) }, r.id)),
+    h("td", {}, h("a", { href: runPage(r.id) }, r.id.split("/").flatMap((part, i) => (i ? ["/", h("wbr"), part] : [part])))),
     h("td", {}, r.kind), status, h("td", {}, r.preset ?? "–"), h("td", {}, r.dataset ?? "–"),
     h("td", { class: "num" }, epochs), h("td", {}, r.optimizer ?? "–"), h("td", { class: "num" }, num(r.lr)),
     h("td", { class: "num" }, num(r.batch_size)), h("td", {}, r.precision ?? "–"),
