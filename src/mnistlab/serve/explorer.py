@@ -142,9 +142,12 @@ class Explorer:
     def model(self, run_id: str) -> RunModel:
         run = self.run(run_id)
         file = self.runs.file(run, "model.safetensors")
-        if file is None:
+        try:
+            st = file.stat() if file is not None else None
+        except OSError:  # removed since
+            st = None
+        if st is None:
             raise HTTPException(409, f"run {run_id!r} has no model.safetensors (yet)")
-        st = file.stat()
         stamp = (st.st_mtime_ns, st.st_size)
         with self._lock:
             entry = self._models.get(run_id)

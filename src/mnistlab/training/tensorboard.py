@@ -86,10 +86,6 @@ class TensorBoardLogger(Callback):
         self.writer, self.cfg, self.precision = writer, cfg, precision
         self.epochs_logged = 0
 
-    @property
-    def log_dir(self) -> Path:
-        return Path(self.writer.log_dir)
-
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         self.log_epoch(metrics)
         self.writer.flush()  # written before the epoch's checkpoint, and visible to a running TensorBoard
@@ -112,9 +108,6 @@ class TensorBoardLogger(Callback):
                 self._images(model, test, step)
         finally:
             self.writer.close()
-
-    def close(self) -> None:
-        self.writer.close()
 
     def _hparams(self, history: list[EpochMetrics], step: int) -> None:
         from torch.utils.tensorboard.summary import hparams
