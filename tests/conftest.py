@@ -34,6 +34,33 @@ def trained_run(mnist_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def runs_tree(mnist_dir, tmp_path_factory) -> Path:
+    """A runs directory as the explorer finds one, made by real tiny trainings (CPU, --subset 1000):
+
+        a/                           notebook, 2 epochs, --val 200, done
+        sweep-notebook/mlp-e1/       an MLP, 1 epoch, nested like a sweep trial, done
+        damaged/                     a copy of a/ with metrics.jsonl cut mid-line and no model.safetensors
+        broken-config/               config.json that is not JSON
+    Treat it as read-only.
+    """
+    import shutil
+
+    from mnistlab.training.run import train
+
+    root = tmp_path_factory.mktemp("runs-tree")
+    common = dict(subset=1000, seed=0, device="cpu", data_dir=mnist_dir, quiet=True)
+    train("notebook", epochs=2, val=200, out=root / "a", **common)
+    train("notebook", model="mlp", epochs=1, out=root / "sweep-notebook" / "mlp-e1", **common)
+    shutil.copytree(root / "a", root / "damaged")
+    text = (root / "a" / "metrics.jsonl").read_text()
+    (root / "damaged" / "metrics.jsonl").write_text(text[: len(text.splitlines()[0]) + 40])  # row 2 cut short
+    (root / "damaged" / "model.safetensors").unlink()
+    (root / "broken-config").mkdir()
+    (root / "broken-config" / "config.json").write_text('{"preset": "notebook", "epo')
+    return root
+
+
 @pytest.fixture
 def cli(capsys):
     """`cli("predict", "--index", "0")`: the `mnistlab` command run in this process -> (exit code, stdout, stderr)."""

@@ -57,7 +57,10 @@ def ddp_run(mnist_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProc
 def test_only_rank_0_writes_and_prints(ddp_run):
     run_dir, r = ddp_run
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["run"]  # no second run dir, no runs/
-    assert sorted(p.name for p in run_dir.iterdir()) == [
+    names = sorted(p.name for p in run_dir.iterdir())
+    events = [n for n in names if n.startswith("events.out.tfevents.")]
+    assert len(events) == 1  # one TensorBoard writer: rank 0's
+    assert [n for n in names if n not in events] == [
         "checkpoint.pt", "config.json", "env.json", "metrics.csv", "metrics.jsonl", "model.safetensors"]
     assert [row["epoch"] for row in rows(run_dir)] == list(range(1, EPOCHS + 1))  # one row per epoch
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == EPOCHS + 1

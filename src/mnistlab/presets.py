@@ -52,6 +52,7 @@ class Config:
     compile: bool = False
     cuda_graphs: bool = False  # torch.compile mode "reduce-overhead": the model's steps replayed as CUDA graphs
     channels_last: bool = False
+    tensorboard: bool = True  # event files in the run directory (when the tensorboard package is installed)
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:

@@ -70,14 +70,20 @@ def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False,
     p.add_argument("--val", type=int, help="hold out N training images as a validation split")
     p.add_argument("--early-stop", type=positive_int, metavar="PATIENCE",
                    help="stop when validation accuracy has not improved for PATIENCE epochs; keep the best epoch")
+    add_tensorboard_option(p)
     add_data_options(p)
+
+
+def add_tensorboard_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="write no TensorBoard event files into the run directory")
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """The Config overrides the user gave (unset options are None and leave the preset alone)."""
     over: dict[str, Any] = {}
     for key in ("epochs", "lr", "batch_size", "optimizer", "seed", "device", "amp", "compile", "cuda_graphs",
-                "channels_last", "double_softmax", "ema", "subset", "val", "early_stop", "dataset"):
+                "channels_last", "double_softmax", "ema", "subset", "val", "early_stop", "dataset", "tensorboard"):
         value = getattr(args, key, None)
         if value is not None:
             over[key] = value

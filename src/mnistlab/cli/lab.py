@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mnistlab.cli.common import add_data_options, add_device_option, positive_int
+from mnistlab.cli.common import add_data_options, add_device_option, add_tensorboard_option, positive_int
 from mnistlab.errors import ConfigError
 
 
@@ -18,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device_option(p)
     p.add_argument("--jobs", type=positive_int, default=1, help="parallel processes for the sweep")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_tensorboard_option(p)
     add_data_options(p)
     p.set_defaults(func=run)
 
@@ -28,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset not in (None, "mnist"):
         raise ConfigError("the lab is about MNIST; --dataset must be mnist")
     result = lab(args.out, quick=args.quick, data_dir=args.data_dir, device=args.device, jobs=args.jobs,
-                 quiet=args.quiet)
+                 quiet=args.quiet, tensorboard=args.tensorboard is not False)
     print(f"lab done in {result.seconds['total']:.0f} s: {result.run_dir}")
     return 0

@@ -1,4 +1,5 @@
-"""`mnistlab serve`: the draw-a-digit web app and prediction API for a trained model (FastAPI + uvicorn)."""
+"""`mnistlab serve`: the draw-a-digit web app and prediction API for a trained model, and the runs explorer
+(`--runs DIR`) (FastAPI + uvicorn)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ from mnistlab.errors import ConfigError, MnistlabError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="web page to draw digits and see them classified, plus a JSON API",
                        description="Serve a trained model: a page to draw or upload a digit (GET /) and an "
-                                   "API (POST /api/predict, GET /api/model, /api/samples, /api/health, /docs).")
-    p.add_argument("--model", metavar="M", help="model file or run directory (default: the latest run in runs/)")
+                                   "API (POST /api/predict, GET /api/model, /api/samples, /api/health, /docs). "
+                                   "With --runs DIR: the runs explorer (GET /runs, /api/runs) over every run "
+                                   "directory under DIR, each run's model on its own draw page.")
+    p.add_argument("--model", metavar="M", help="model file or run directory (default: the latest run in runs/, "
+                                                "unless --runs is given)")
+    p.add_argument("--runs", metavar="DIR", help="explore the run directories under DIR (read-only)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=8000, help="TCP port (default 8000)")
     p.add_argument("--threads", type=positive_int, default=1,
@@ -75,13 +80,18 @@ def run(args: argparse.Namespace) -> int:
                             "pip install 'mnistlab[serve]'") from None
     import torch
 
-    loaded = load(args.model, args.trust_pickle)
+    if args.runs is not None and not Path(args.runs).is_dir():
+        raise ConfigError(f"--runs {args.runs}: not a directory")
+    loaded = load(args.model, args.trust_pickle) if args.model is not None or args.runs is None else None
     check_listen(args.host, args.port)
-    app = create_app(loaded, data_dir=args.data_dir)
+    app = create_app(loaded, data_dir=args.data_dir, runs_dir=args.runs)
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}: other machines can reach this server", flush=True)
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {loaded.name} from {loaded.path} at http://{shown}:{args.port}/  (Ctrl+C stops)", flush=True)
+    shown = f"http://[{args.host}]:{args.port}" if ":" in args.host else f"http://{args.host}:{args.port}"
+    if loaded is not None:
+        print(f"serving {loaded.name} from {loaded.path} at {shown}/  (Ctrl+C stops)", flush=True)
+    if args.runs is not None:
+        print(f"exploring the runs under {args.runs} at {shown}/runs  (Ctrl+C stops)", flush=True)
     torch.set_num_threads(args.threads)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -10,6 +10,7 @@ exactly once per epoch and every rank runs the same number of steps (the Distrib
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -59,6 +60,12 @@ class DeviceLoader:
     @property
     def num_samples(self) -> int:
         return len(self.labels)
+
+    def unsharded(self) -> DeviceLoader:
+        """The same split (the same tensors, not a copy) read whole and in order by one process."""
+        view = copy.copy(self)
+        view.rank, view.world_size, view.shuffle = 0, 1, False
+        return view
 
     def order(self, epoch: int) -> torch.Tensor:
         """The global sample order of `epoch` (identity when not shuffling)."""

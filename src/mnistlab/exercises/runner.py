@@ -73,11 +73,11 @@ class LabResult:
 
 
 def lab(out: str | Path | None = None, *, quick: bool = False, data_dir: str | Path | None = None,
-        device: str | None = None, jobs: int = 1, quiet: bool = False) -> LabResult:
+        device: str | None = None, jobs: int = 1, quiet: bool = False, tensorboard: bool = True) -> LabResult:
     """Run the four exercises and the quirks, then write report.md, report.html and lab_answers.ipynb."""
     settings = dict(QUICK if quick else FULL)
     cfg = resolve("notebook", epochs=settings["epochs"], subset=settings["subset"], val=settings["val"],
-                  device=device)
+                  device=device, tensorboard=tensorboard)
     run_dir = new_run_dir("lab-quick" if quick else "lab", out)
     r = LabResult(run_dir, quick, settings, cfg, data_dir=str(data_dir) if data_dir else None, jobs=jobs)
     steps = [("Exercise 1: inspect the notebook preset (questions 1-5)", _inspect),

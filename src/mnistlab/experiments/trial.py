@@ -16,7 +16,8 @@ from mnistlab.training.engine import Callback
 from mnistlab.training.run import TrainResult, train
 
 # Settings that do not change what a run computes epoch by epoch.
-NEUTRAL_KEYS = {"epochs", "description", "preset", "device", "compile", "cuda_graphs", "channels_last"}
+NEUTRAL_KEYS = {"epochs", "description", "preset", "device", "compile", "cuda_graphs", "channels_last",
+                "tensorboard"}
 # What a run directory needs to be continued from its last completed epoch.
 RUN_FILES = ("config.json", "env.json", "metrics.csv", "metrics.jsonl", "checkpoint.pt")
 

@@ -1,252 +1,61 @@
-"""The draw-a-digit web app: a FastAPI app serving the page and a small prediction API.
+"""The web app: the draw-a-digit page around a model chosen at start-up, and/or the runs explorer.
 
-    GET  /                 the page (static/index.html, app.js, style.css: no CDN, works offline)
+    GET  /                 the draw page (static/index.html, app.js, style.css: no CDN, works offline); with
+                           only a runs directory, a redirect to /runs
     POST /api/predict      multipart field `file` (PNG/JPEG) or JSON {"pixels": 28x28 numbers in [0, 1]}
     GET  /api/model        name, preset, parameter count, test accuracy
     GET  /api/samples?n=12 random test images with their labels and predictions (the gallery)
     GET  /api/health       liveness
+    GET  /runs ...         the runs explorer and its /api/runs APIs (serve/explorer.py), given `runs_dir`
     GET  /docs, /openapi.json
 
-Uploads go through `preprocess.decode_image` + `to_mnist` and pixels through `from_pixels`: the same code as
-`mnistlab predict`. Bad input is a 413 (over `max_upload` bytes), 415 (another content type) or 422 (not an
-image, bad JSON, wrong shape) with a one-line `detail`, never a 500. The model is loaded once by the caller;
-requests run concurrently in the thread pool (inference under no_grad shares the read-only weights).
+The model API is serve/model_api.py, shared with the explorer's per-run draw page. The model is loaded
+once by the caller; requests run concurrently in the thread pool.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from mnistlab import __version__
-from mnistlab.data import load_split
-from mnistlab.data.preprocess import decode_image, from_pixels, to_mnist
-from mnistlab.errors import MnistlabError
-from mnistlab.use.predict import LoadedModel, classify_tensors
+from mnistlab.serve.explorer import Explorer, explorer_router
+from mnistlab.serve.model_api import MAX_UPLOAD, Served, model_router
+from mnistlab.use.predict import LoadedModel
 
-MAX_UPLOAD = 2 * 1024 * 1024  # bytes of image per upload; larger -> 413
-FORM_SLACK = 64 * 1024  # room for the multipart boundaries and part headers around the file
-MAX_SAMPLES = 100
 STATIC = Path(__file__).with_name("static")
 
 
-class Prediction(BaseModel):
-    prediction: int | None = Field(description="the most probable digit; null when the image is blank")
-    probabilities: list[float] = Field(description="10 class probabilities")
-    blank: bool = Field(description="no ink found: nothing to classify")
-    top_k: list[tuple[int, float]] = Field(description="[[digit, probability], ...] most probable first")
-    source: str = Field(description="the uploaded file's name, or 'pixels'")
-    input: list[list[float]] = Field(description="the 28x28 image the model saw, values in [0, 1]")
-
-
-class ModelInfo(BaseModel):
-    name: str
-    preset: str | None
-    params: int
-    test_acc: float | None
-    dataset: str
-    normalise: list[float] | None
-    file: str
-    format: str
-
-
-class Sample(BaseModel):
-    index: int
-    label: int
-    prediction: int
-    confidence: float
-    probabilities: list[float]
-    pixels: list[list[float]] = Field(description="the 28x28 test image, values in [0, 1], as the model saw it")
-
-
-class Samples(BaseModel):
-    dataset: str
-    samples: list[Sample]
-
-
-class PixelsBody(BaseModel):
-    pixels: list[list[float]] = Field(description="28x28 numbers in [0, 1], either polarity")
-
-
-_PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {"type": "object", "required": ["file"],
-                           "properties": {"file": {"type": "string", "format": "binary"}}},
-            },
-            "application/json": {"schema": PixelsBody.model_json_schema()},
-        },
-    }
-}
-
-
-def grid(image: torch.Tensor | np.ndarray, decimals: int = 3) -> list[list[float]]:
-    """A 28x28 image as nested lists of floats, rounded for a compact JSON answer."""
-    return np.round(np.asarray(image, dtype=np.float64), decimals).tolist()
-
-
-class Gallery:
-    """The test split of the model's dataset, loaded once on first use, and predictions on random samples."""
-
-    def __init__(self, loaded: LoadedModel, data_dir: str | Path | None) -> None:
-        self.loaded, self.data_dir = loaded, data_dir
-        self._split: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._lock = threading.Lock()
-
-    def split(self) -> tuple[torch.Tensor, torch.Tensor]:
-        with self._lock:
-            if self._split is None:
-                self._split = load_split(self.loaded.dataset, "test", self.data_dir)
-            return self._split
-
-    def sample(self, n: int, seed: int | None) -> list[dict[str, Any]]:
-        images, labels = self.split()
-        idx = random.Random(seed).sample(range(len(labels)), min(n, len(labels)))
-        x = images[idx].float() / 255.0
-        probs = self.loaded.probabilities(x)
-        return [
-            {"index": i, "label": int(labels[i]), "prediction": int(p.argmax()), "confidence": float(p.max()),
-             "probabilities": [round(float(v), 6) for v in p], "pixels": grid(img, 4)}
-            for i, img, p in zip(idx, x, probs, strict=True)
-        ]
-
-
-def classify(loaded: LoadedModel, image: torch.Tensor, blank: bool, source: str) -> dict[str, Any]:
-    """The /api/predict answer for one preprocessed (28, 28) image: `mnistlab predict`'s, plus what it saw."""
-    result = classify_tensors(loaded, [image], [source], [blank])[0]
-    result["source"], result["input"] = source, grid(image)
-    return result
-
-
-def _refuse(status: int, message: str) -> HTTPException:
-    return HTTPException(status_code=status, detail=message)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds `limit` bytes (declared or streamed)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _refuse(413, f"request too large ({int(declared):,} bytes); uploads are limited to "
-                           f"{limit - FORM_SLACK:,} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _refuse(413, f"request too large; uploads are limited to {limit - FORM_SLACK:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _upload(request: Request, body: bytes, max_upload: int) -> tuple[bytes, str]:
-    """(bytes, filename) of the multipart field `file`."""
-
-    async def stream() -> AsyncIterator[bytes]:
-        yield body
-
-    try:
-        form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=10).parse()
-    except MultiPartException as e:
-        raise _refuse(422, f"bad multipart body: {e.message}") from None
-    try:
-        file = form.get("file")
-        if not isinstance(file, UploadFile):
-            raise _refuse(422, "multipart body has no file field named 'file'")
-        data = await file.read()
-        name = file.filename or "upload"
-    finally:
-        await form.close()
-    if len(data) > max_upload:
-        raise _refuse(413, f"{name}: {len(data):,} bytes; uploads are limited to {max_upload:,} bytes")
-    return data, name
-
-
-def _pixels(body: bytes) -> Any:
-    """The `pixels` member of a JSON body, type-checked (shape and range are from_pixels' job)."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
-        raise _refuse(422, "request body is not valid JSON") from None
-    if not isinstance(obj, dict) or "pixels" not in obj:
-        raise _refuse(422, 'expected a JSON object {"pixels": 28x28 numbers in [0, 1]}')
-    pixels = obj["pixels"]
-    rows = pixels if isinstance(pixels, list) else [pixels]
-    for row in rows:
-        for v in row if isinstance(row, list) else [row]:
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise _refuse(422, "pixels: must be a 28x28 array of numbers")
-    return pixels
-
-
-def create_app(loaded_model: LoadedModel, *, data_dir: str | Path | None = None, max_upload: int = MAX_UPLOAD) -> FastAPI:
-    """The web app around a loaded model (`mnistlab.load(...)`); `data_dir` feeds the gallery."""
-    loaded = loaded_model
-    gallery = Gallery(loaded, data_dir)
+def create_app(loaded_model: LoadedModel | None, *, data_dir: str | Path | None = None,
+               max_upload: int = MAX_UPLOAD, runs_dir: str | Path | None = None) -> FastAPI:
+    """The web app around a loaded model (`mnistlab.load(...)`) and/or the runs under `runs_dir`;
+    `data_dir` feeds the gallery and the explorer's test images."""
+    if loaded_model is None and runs_dir is None:
+        raise ValueError("create_app needs a model, a runs directory, or both")
     app = FastAPI(
-        title="mnistlab draw-a-digit",
+        title="mnistlab",
         version=__version__,
-        description="Classify handwritten digits with a model trained by mnistlab.",
+        description="Classify handwritten digits with a model trained by mnistlab, and explore training runs.",
     )
-    app.state.model = loaded
+    app.state.model = loaded_model
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    served = Served.of(loaded_model, data_dir) if loaded_model is not None else None
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+    def page() -> Response:
+        return FileResponse(STATIC / "index.html") if served is not None else RedirectResponse("/runs")
 
     @app.get("/api/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok", "model": loaded.name}
+    def health() -> dict[str, Any]:
+        status = {"status": "ok", "model": loaded_model.name if loaded_model is not None else None}
+        return status if runs_dir is None else {**status, "runs": Path(runs_dir).name}
 
-    @app.get("/api/model", response_model=ModelInfo)
-    def model_info() -> dict[str, Any]:
-        norm = loaded.normalise
-        return {
-            "name": loaded.name, "preset": loaded.preset, "params": int(loaded.params),
-            "test_acc": loaded.test_acc, "dataset": loaded.dataset,
-            "normalise": None if norm is None else [float(v) for v in norm],
-            "file": loaded.path.name, "format": loaded.format,
-        }
-
-    @app.get("/api/samples", response_model=Samples)
-    def samples(n: int = Query(12, ge=1, le=MAX_SAMPLES), seed: int | None = None) -> dict[str, Any]:
-        try:
-            return {"dataset": loaded.dataset, "samples": gallery.sample(n, seed)}
-        except MnistlabError as e:
-            raise _refuse(503, f"test images unavailable: {e}") from None
-
-    @app.post("/api/predict", response_model=Prediction, openapi_extra=_PREDICT_BODY)
-    async def predict(request: Request) -> dict[str, Any]:
-        """Classify an uploaded PNG/JPEG (multipart field `file`) or a JSON 28x28 `pixels` grid."""
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype not in ("multipart/form-data", "application/json"):
-            raise _refuse(415, f"unsupported content type {ctype or 'none'!r}; send multipart/form-data with "
-                               "a 'file' field, or application/json {\"pixels\": ...}")
-        body = await _read_body(request, max_upload + FORM_SLACK)
-        try:
-            if ctype == "multipart/form-data":
-                data, source = await _upload(request, body, max_upload)
-                image, blank = await run_in_threadpool(lambda: to_mnist(decode_image(data, source)))
-            else:
-                source = "pixels"
-                image, blank = from_pixels(_pixels(body))
-        except MnistlabError as e:
-            raise _refuse(422, str(e)) from None
-        return await run_in_threadpool(classify, loaded, image, blank, source)
-
+    if served is not None:
+        app.include_router(model_router(lambda: served, max_upload), prefix="/api")
+    if runs_dir is not None:
+        app.include_router(explorer_router(Explorer(runs_dir, data_dir), max_upload))
     return app

@@ -57,8 +57,9 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Any, timeout: float) -> N
 
 @contextlib.contextmanager
 def running_server(model: str | Path | None = None, *, data_dir: str | Path | None = None, port: int | None = None,
-                   threads: int = 1, timeout: float = 90.0) -> Iterator[str]:
-    """Run `mnistlab serve` on 127.0.0.1 in a subprocess; yields its base URL and stops it afterwards."""
+                   threads: int = 1, timeout: float = 90.0, runs: str | Path | None = None) -> Iterator[str]:
+    """Run `mnistlab serve` on 127.0.0.1 in a subprocess (`runs`: with the runs explorer over that folder);
+    yields its base URL and stops it afterwards."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "mnistlab", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--threads", str(threads)]
@@ -66,6 +67,8 @@ def running_server(model: str | Path | None = None, *, data_dir: str | Path | No
         cmd += ["--model", str(model)]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
+    if runs is not None:
+        cmd += ["--runs", str(runs)]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:

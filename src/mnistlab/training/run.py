@@ -21,7 +21,7 @@ from mnistlab.files.checkpoints import load_checkpoint, model_metadata, save_saf
 from mnistlab.files.runs import environment, new_run_dir, read_json, remove_partial_files, write_json
 from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
-from mnistlab.training import distributed
+from mnistlab.training import distributed, tensorboard
 from mnistlab.training.augment import RandomAffine
 from mnistlab.training.callbacks import EarlyStopping, RunWriter, WeightAverage, set_rng_state
 from mnistlab.training.device import amp_dtype, pick_device
@@ -155,6 +155,8 @@ def train(
             print(early_stop_line(result), flush=True)
     if run_dir is not None:
         save_safetensors(final, run_dir / "model.safetensors", model_metadata(cfg, model_facts(result)))
+    for board in (cb for cb in cbs if isinstance(cb, tensorboard.TensorBoardLogger)):
+        board.summarise(final, history, rank.data.evals["test"])
     distributed.barrier(env)
     final.eval()
     return result
@@ -280,7 +282,13 @@ def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_di
     if run_dir is not None:
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
-        write_json(run_dir / "env.json", environment(rank.device, env.world_size, env.backend))
+        amp = amp_dtype(cfg.amp, rank.device)
+        precision = str(amp).removeprefix("torch.") if amp is not None else "float32"  # what "auto" chose
+        environ = environment(rank.device, env.world_size, env.backend)
+        write_json(run_dir / "env.json", {**environ, "precision": precision})
+        board = tensorboard.open_logger(run_dir, cfg, precision, rank.history)
+        if board is not None:  # before RunWriter: an epoch's events are on disk before its checkpoint
+            cbs.append(board)
         writer = RunWriter(run_dir, cfg, rank.model, rank.optimizer, rank.scheduler,
                            rank.averager.average if rank.averager else None, rank.stopper)
         writer.history = list(rank.history)

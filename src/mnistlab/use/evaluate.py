@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,32 +15,49 @@ import torch
 from mnistlab.data import get_spec, load_split
 from mnistlab.files.runs import write_json
 from mnistlab.plots import confusion_plot, mistakes_plot
+from mnistlab.training.scoring import confident_mistakes, confusion_matrix
 from mnistlab.use.predict import LoadedModel
 
 
-def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, classes: int = 10) -> torch.Tensor:
-    """(classes, classes) int64 counts: row = true class, column = predicted class."""
-    return torch.bincount(labels * classes + preds, minlength=classes * classes).reshape(classes, classes)
+@dataclass(frozen=True)
+class SplitPredictions:
+    """A model's fp32 predictions on every image of a split, in the split's order."""
+
+    split: str
+    images: torch.Tensor  # uint8 (N, 28, 28)
+    labels: torch.Tensor  # (N,)
+    preds: torch.Tensor  # (N,) most probable class
+    confidence: torch.Tensor  # (N,) its probability
+
+    def cell(self, true: int, pred: int) -> torch.Tensor:
+        """Indices of the images of class `true` predicted as `pred` (one confusion-matrix cell)."""
+        return ((self.labels == true) & (self.preds == pred)).nonzero().flatten()
+
+
+def predict_split(loaded: LoadedModel, split: str = "test", data_dir: str | Path | None = None) -> SplitPredictions:
+    images, labels = load_split(loaded.dataset, split, data_dir)
+    conf, preds = loaded.probabilities(images.float() / 255.0).max(1)
+    return SplitPredictions(split, images, labels, preds, conf)
 
 
 def evaluate_model(loaded: LoadedModel, split: str = "test", data_dir: str | Path | None = None,
-                   out: str | Path | None = None, worst: int = 24) -> dict[str, Any]:
+                   out: str | Path | None = None, worst: int = 24,
+                   predictions: SplitPredictions | None = None) -> dict[str, Any]:
     """Score `loaded` on every image of `split`; with `out`, also write the figures and evaluation.json.
 
     Returns {"model", "path", "split", "images", "accuracy", "correct", "per_class": [{"class", "images",
     "accuracy"}...], "confusion": 10x10 list, "mistakes": [{"index", "label", "prediction", "confidence"}...]
     (the `worst` most confident wrong predictions), "files": {...}}. Accuracies are percentages.
+    `predictions` are `predict_split(loaded, split, data_dir)` when the caller already has them.
     """
     spec = get_spec(loaded.dataset)
-    images, labels = load_split(loaded.dataset, split, data_dir)
-    probs = loaded.probabilities(images.float() / 255.0)
-    conf, preds = probs.max(1)
+    p = predictions if predictions is not None else predict_split(loaded, split, data_dir)
+    split, images, labels, preds, conf = p.split, p.images, p.labels, p.preds, p.confidence
     cm = confusion_matrix(labels, preds, len(spec.classes))
     correct = int(cm.diag().sum())
     per_class = [{"class": spec.classes[c], "images": int(cm[c].sum()),
                   "accuracy": 100.0 * float(cm[c, c]) / max(int(cm[c].sum()), 1)} for c in range(len(cm))]
-    wrong = (preds != labels).nonzero().flatten()
-    order = wrong[conf[wrong].argsort(descending=True)][:worst]
+    order = confident_mistakes(labels, preds, conf, worst)
     mistakes = [{"index": int(i), "label": int(labels[i]), "prediction": int(preds[i]),
                  "confidence": round(float(conf[i]), 6)} for i in order]
     result: dict[str, Any] = {

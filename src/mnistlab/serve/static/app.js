@@ -2,6 +2,9 @@
 // The canvas is sent as a PNG upload, so a drawing goes through the same preprocessing as `mnistlab predict`.
 "use strict";
 
+// With ?run=ID (opened from the runs explorer) the page uses that run's model, through /api/runs/ID/...
+const RUN = new URLSearchParams(location.search).get("run");
+const API = RUN ? "/api/runs/" + RUN.split("/").map(encodeURIComponent).join("/") : "/api";
 const INK_WIDTH = 20; // px on the 280x280 canvas: about MNIST's stroke width once the digit is scaled to 20x20
 const LIVE_MS = 150; // while drawing, predict at most this often
 const pad = document.getElementById("pad");
@@ -81,7 +84,7 @@ async function predict(makeRequest, what) {
   setBusy(+1);
   try {
     const init = await makeRequest();
-    const r = await fetch("/api/predict", Object.assign({ method: "POST" }, init));
+    const r = await fetch(API + "/predict", Object.assign({ method: "POST" }, init));
     const body = await r.json().catch(() => ({ detail: r.statusText }));
     if (id !== latest) return;
     if (!r.ok) {
@@ -195,19 +198,21 @@ document.getElementById("upload-label").addEventListener("keydown", (e) => {
 async function loadModelInfo() {
   const el = document.getElementById("model-info");
   try {
-    const m = await (await fetch("/api/model")).json();
+    const r = await fetch(API + "/model");
+    const m = await r.json();
+    if (!r.ok) throw new Error(m.detail || r.statusText);
     const acc = m.test_acc == null ? "test accuracy unknown" : "test accuracy " + Number(m.test_acc).toFixed(2) + "%";
-    el.textContent = "model " + m.name + (m.preset ? " (preset " + m.preset + ")" : "") + " · " +
+    el.textContent = (RUN ? "run " + RUN + " · " : "") + "model " + m.name + (m.preset ? " (preset " + m.preset + ")" : "") + " · " +
       Number(m.params).toLocaleString("en") + " parameters · " + acc;
   } catch (err) {
-    el.textContent = "model information unavailable: " + err;
+    el.textContent = "model information unavailable: " + err.message;
   }
 }
 
 async function loadGallery() {
   const gallery = document.getElementById("gallery");
   try {
-    const r = await fetch("/api/samples?n=12");
+    const r = await fetch(API + "/samples?n=12");
     const body = await r.json();
     if (!r.ok) throw new Error(body.detail);
     gallery.replaceChildren();
@@ -241,9 +246,28 @@ async function loadGallery() {
   }
 }
 
+// Links to the runs explorer when this server has one.
+async function loadNav() {
+  let health = {};
+  try {
+    health = await (await fetch("/api/health")).json();
+  } catch (err) {
+    return;
+  }
+  if (!health.runs) return;
+  const nav = document.getElementById("nav");
+  nav.append(Object.assign(document.createElement("a"), { href: "/runs", textContent: "Runs" }));
+  if (RUN) {
+    nav.append(" · ", Object.assign(document.createElement("a"), { href: "/run?id=" + encodeURIComponent(RUN),
+      textContent: "run " + RUN }));
+  }
+  nav.hidden = false;
+}
+
 document.getElementById("more").addEventListener("click", loadGallery);
 clearPad();
 resetResult();
 setBusy(0);
 loadModelInfo();
 loadGallery();
+loadNav();
