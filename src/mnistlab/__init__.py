@@ -7,6 +7,7 @@ caller's process:
     mnistlab.evaluate(...)   use.evaluate.evaluate_model mnistlab.inspect(...)  exercises.anatomy.inspect
     mnistlab.compare(...)    experiments.compare         mnistlab.sweep(...)    experiments.sweep
     mnistlab.lab(...)        exercises.runner.lab        mnistlab.predict       the module use.predict
+    mnistlab.lr_find(...)    experiments.lr_find
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ _API = {
     "compare": ("mnistlab.experiments.compare", "compare"),
     "sweep": ("mnistlab.experiments.sweep", "sweep"),
     "lab": ("mnistlab.exercises.runner", "lab"),
+    "lr_find": ("mnistlab.experiments.lr_find", "lr_find"),
 }
 
 

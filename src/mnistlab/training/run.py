@@ -212,7 +212,8 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
                                f"already trained for {start_epoch} epochs") + "; nothing to do", flush=True)
     history = fit(
         net, optimizer, data.train, data.evals,
-        epochs=start_epoch if stopped else cfg.epochs, start_epoch=start_epoch, scheduler=scheduler, schedule_per_step=per_step,
+        epochs=start_epoch if stopped else cfg.epochs, start_epoch=start_epoch, scheduler=scheduler,
+        schedule_per_step=per_step,
         step=StepOptions(amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
                          double_softmax=cfg.double_softmax, augment=augmenter(cfg), cuda_graphs=cfg.cuda_graphs),
         callbacks=cbs, history=history, eval_model=averager.for_eval if averager else None,
