@@ -7,7 +7,7 @@ caller's process:
     mnistlab.evaluate(...)   use.evaluate.evaluate_model mnistlab.inspect(...)  exercises.anatomy.inspect
     mnistlab.compare(...)    experiments.compare         mnistlab.sweep(...)    experiments.sweep
     mnistlab.lab(...)        exercises.runner.lab        mnistlab.predict       the module use.predict
-    mnistlab.tune(...)       experiments.tune
+    mnistlab.tune(...)       experiments.tune            mnistlab.lr_find(...)  experiments.lr_find
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ _API = {
     "sweep": ("mnistlab.experiments.sweep", "sweep"),
     "lab": ("mnistlab.exercises.runner", "lab"),
     "tune": ("mnistlab.experiments.tune", "tune"),
+    "lr_find": ("mnistlab.experiments.lr_find", "lr_find"),
 }
 
 
