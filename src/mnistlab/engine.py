@@ -4,6 +4,9 @@ torchrun) goes through, plus the device, precision, optimizer and schedule choic
 Speed comes from doing less per step: batches come from the on-device `DeviceLoader`, loss and accuracy are
 summed on the device and read once per epoch (no `.item()` in the step loop), optimizers use their fused or
 foreach kernels, and matmuls/convolutions run under bf16 autocast where the hardware supports it.
+
+Precision: only training runs under autocast. Evaluation is always fp32, so every number that describes a
+model (test/val loss and accuracy) is what its saved weights score, whatever the hardware.
 """
 
 from __future__ import annotations
@@ -88,6 +91,14 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return None  # mps: fp32 is the dependable choice
 
 
+AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def amp_name(dtype: torch.dtype | None) -> str | None:
+    """"bf16" | "fp16" for an autocast dtype, None for fp32 (as env.json and bench.json record it)."""
+    return None if dtype is None else AMP_NAMES[dtype]
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
@@ -164,16 +175,17 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DeviceLoader, amp: torch.dtype | None = None, double_softmax: bool = False
-) -> dict[str, float]:
-    """Loss and accuracy (percent) over every sample of `loader`, summed across ranks under DDP."""
+def evaluate(model: nn.Module, loader: DeviceLoader, double_softmax: bool = False) -> dict[str, float]:
+    """Loss and accuracy (percent) over every sample of `loader`, summed across ranks under DDP.
+
+    Always fp32, never under autocast, whatever precision the model trained in: the result is what the
+    weights themselves score (`mnistlab evaluate` on the saved file prints the same accuracy).
+    """
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, device=loader.device, dtype=torch.float64)  # loss, correct, count
     for x, y in loader.epoch(0):
-        with autocast(loader.device, amp):
-            logits = model(x)
+        logits = model(x)
         sums[0] += loss_fn(logits.float(), y, double_softmax=double_softmax)
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)
@@ -183,14 +195,14 @@ def evaluate(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: DeviceLoader, amp: torch.dtype | None = None) -> torch.Tensor:
-    """Float32 logits for every sample of a (non-shuffled, single-rank) loader, in order, on the CPU."""
+def predict_logits(model: nn.Module, loader: DeviceLoader) -> torch.Tensor:
+    """Logits, computed in fp32, for every sample of a (non-shuffled, single-rank) loader, in order, on the
+    CPU."""
     was_training = model.training
     model.eval()
     out = []
     for x, _ in loader.epoch(0):
-        with autocast(loader.device, amp):
-            out.append(model(x).float())
+        out.append(model(x).float())
     model.train(was_training)
     return torch.cat(out).cpu()
 
@@ -214,11 +226,13 @@ def fit(
     cuda_graphs: bool = False,
     eval_model: Callable[[], nn.Module] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train epochs `start_epoch+1 .. epochs`, evaluating on each of `evals` after every epoch.
+    """Train epochs `start_epoch+1 .. epochs` (under autocast to `amp` when given), evaluating on each of
+    `evals` in fp32 after every epoch.
 
     Returns the history: one dict per epoch with epoch, train_loss, train_acc, <name>_loss, <name>_acc and
     <name>_n (images evaluated, over all ranks) for each eval loader, seconds (training wall time),
-    eval_seconds, images_per_s and lr. `cuda_graphs`: the model was compiled with mode "reduce-overhead";
+    eval_seconds, images_per_s and lr. train_loss/train_acc come from the epoch's training forward passes
+    (in `amp`, as the weights changed); <name>_loss/<name>_acc are the end-of-epoch weights in fp32. `cuda_graphs`: the model was compiled with mode "reduce-overhead";
     each step then tells its CUDA-graph trees that a new iteration begins (the last step's outputs are dead).
     `eval_model`, when given, is called after each epoch for the module to evaluate instead of `model` (e.g.
     a weight average that a callback updates).
@@ -273,7 +287,7 @@ def fit(
         t1 = time.perf_counter()
         judged = model if eval_model is None else eval_model()
         for name, loader in evals.items():
-            m = evaluate(judged, loader, amp, double_softmax)
+            m = evaluate(judged, loader, double_softmax)  # fp32, whatever `amp` trained in
             row[f"{name}_loss"], row[f"{name}_acc"], row[f"{name}_n"] = m["loss"], m["acc"], m["n"]
         row.update(seconds=seconds, eval_seconds=time.perf_counter() - t1, images_per_s=n / seconds, lr=lr)
         history.append(row)
