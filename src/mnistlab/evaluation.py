@@ -32,7 +32,7 @@ def evaluate_model(loaded: LoadedModel, split: str = "test", data_dir: str | Pat
     """
     spec = get_spec(loaded.dataset)
     images, labels = load_split(loaded.dataset, split, data_dir)
-    probs = loaded.probabilities(images.float() / 255.0)
+    probs = loaded.probabilities(images)  # uint8: the pixels exactly as training evaluated them
     conf, preds = probs.max(1)
     cm = confusion_matrix(labels, preds, len(spec.classes))
     correct = int(cm.diag().sum())
