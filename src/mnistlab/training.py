@@ -18,7 +18,16 @@ from mnistlab import distributed
 from mnistlab.checkpoints import load_checkpoint, model_metadata, save_checkpoint, save_safetensors, unwrap
 from mnistlab.data import load_split
 from mnistlab.data.loader import DeviceLoader
-from mnistlab.engine import Callback, amp_dtype, fit, make_optimizer, make_scheduler, pick_device
+from mnistlab.engine import (
+    Callback,
+    amp_dtype,
+    amp_name,
+    describe_precision,
+    fit,
+    make_optimizer,
+    make_scheduler,
+    pick_device,
+)
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
@@ -228,6 +237,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
 
+    amp = amp_dtype(cfg.amp, device)
     run_dir = None
     cbs = list(callbacks)
     if averager is not None:
@@ -235,6 +245,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
     if env.active:
         cbs.insert(0, distributed.RankSeed(cfg.seed, env.rank))
     if env.is_main and not quiet:
+        print(describe_precision(cfg.amp, amp, device), flush=True)
         if ckpt is not None:
             print(f"resuming {resume} after epoch {start_epoch}/{cfg.epochs}", flush=True)
         cbs.insert(0, Progress(cfg.epochs))
@@ -242,7 +253,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
         run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
-        write_json(run_dir / "env.json", environment(device, env.world_size, env.backend))
+        write_json(run_dir / "env.json", environment(device, env.world_size, env.backend, amp_name(amp)))
         writer = RunWriter(run_dir, cfg, model, optimizer, scheduler,
                            averager.average if averager else None)
         writer.history = list(history)
@@ -254,7 +265,7 @@ def _train(cfg, env, out, resume, data_dir, quiet, write_run, init_state, callba
     history = fit(
         net, optimizer, data.train, data.evals,
         epochs=cfg.epochs, start_epoch=start_epoch, scheduler=scheduler, schedule_per_step=per_step,
-        amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
+        amp=amp, label_smoothing=cfg.label_smoothing,
         double_softmax=cfg.double_softmax, augment=augmenter(cfg), callbacks=cbs, history=history,
         cuda_graphs=cfg.cuda_graphs, eval_model=averager.for_eval if averager else None,
     )
