@@ -26,11 +26,13 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def trained_run(mnist_dir, tmp_path_factory) -> Path:
     """The run directory of a notebook-preset model trained for 1 epoch on --subset 10000 with seed 0 on the
-    CPU (about 93.5% test accuracy), in a tmp dir. Treat it as read-only (write evaluations elsewhere)."""
+    CPU in fp32 (about 93.5% test accuracy; the same weights whether or not the CPU has native bf16), in a tmp
+    dir. Treat it as read-only (write evaluations elsewhere)."""
     from mnistlab.training.run import train
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    train("notebook", epochs=1, subset=10000, seed=0, device="cpu", data_dir=mnist_dir, quiet=True, out=out)
+    train("notebook", epochs=1, subset=10000, seed=0, device="cpu", amp="off", data_dir=mnist_dir, quiet=True,
+          out=out)
     return out
 
 
@@ -49,7 +51,7 @@ def runs_tree(mnist_dir, tmp_path_factory) -> Path:
     from mnistlab.training.run import train
 
     root = tmp_path_factory.mktemp("runs-tree")
-    common = dict(subset=1000, seed=0, device="cpu", data_dir=mnist_dir, quiet=True)
+    common = dict(subset=1000, seed=0, device="cpu", amp="off", data_dir=mnist_dir, quiet=True)  # fp32 anywhere
     train("notebook", epochs=2, val=200, out=root / "a", **common)
     train("notebook", model="mlp", epochs=1, out=root / "sweep-notebook" / "mlp-e1", **common)
     shutil.copytree(root / "a", root / "damaged")

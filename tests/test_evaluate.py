@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -26,9 +27,8 @@ def test_evaluate_a_run(trained_run, mnist_dir, tmp_path, cli):
     code, text, _ = cli("evaluate", "--model", str(trained_run), "--out", str(out), "--data-dir", str(mnist_dir))
     assert code == 0
     result = json.loads((out / "evaluation.json").read_text())
-    # the same model scored during training on the same 10,000 images (there under bf16 autocast on CPUs
-    # that have it, here always fp32: a few images near a tie may flip)
-    assert result["accuracy"] == pytest.approx(read_metrics(trained_run)[-1]["test_acc"], abs=0.3)
+    # the same weights, the same 10,000 images, fp32 both times: the accuracy training recorded, exactly
+    assert result["accuracy"] == read_metrics(trained_run)[-1]["test_acc"]
     assert f"test accuracy {result['accuracy']:.2f}% ({result['correct']:,}/10,000)" in text
     cm = torch.tensor(result["confusion"])
     labels = load_split("mnist", "test", mnist_dir)[1]
@@ -43,6 +43,24 @@ def test_evaluate_a_run(trained_run, mnist_dir, tmp_path, cli):
     assert confidences == sorted(confidences, reverse=True) and confidences[0] > 0.5
     for name in ("confusion.png", "mistakes.png"):
         assert Image.open(out / name).format == "PNG" and str(out / name) in text
+
+
+def test_a_bf16_run_records_what_evaluate_prints(mnist_dir, tmp_path, cli):
+    """Trained under bf16 autocast (emulated on a CPU without native bf16: the code a bf16 machine runs), the
+    run's recorded test accuracy is its saved weights scored in fp32: what `mnistlab evaluate` prints."""
+    run = tmp_path / "run"
+    code, out, _ = cli("train", "--preset", "fast", "--subset", "1000", "--amp", "bf16", "--device", "cpu",
+                       "--data-dir", str(mnist_dir), "--out", str(run))
+    assert code == 0 and "precision: training in bf16 autocast, evaluation in fp32 (--amp bf16 on cpu" in out
+    env = json.loads((run / "env.json").read_text())
+    assert env["amp_dtype"] == "bf16" and isinstance(env["cpu_native_bf16"], bool)
+    with open(run / "metrics.csv", newline="") as f:
+        last = float(list(csv.DictReader(f))[-1]["test_acc"])
+    code, text, _ = cli("evaluate", "--model", str(run / "model.safetensors"), "--out", str(tmp_path / "eval"),
+                        "--data-dir", str(mnist_dir))
+    assert code == 0 and f"test accuracy {last:.2f}% (" in text
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["accuracy"] == last
+    assert load_model(run).test_acc == last  # the model file's metadata says the same
 
 
 def test_evaluate_default_out_dir_and_other_formats(trained_run, mnist_dir, tmp_path, cli):

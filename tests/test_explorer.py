@@ -60,7 +60,7 @@ def test_runs_lists_every_run_directory_nested_too(client, tree):
     rows = [json.loads(line) for line in (tree / "a" / "metrics.jsonl").read_text().splitlines()]
     assert a["status"] == "done" and a["kind"] == "train" and a["has_model"] and a["problems"] == []
     assert (a["preset"], a["dataset"], a["epochs"], a["planned_epochs"]) == ("notebook", "mnist", 2, 2)
-    assert (a["optimizer"], a["lr"], a["batch_size"], a["precision"]) == ("Adam", 0.001, 32, "float32")
+    assert (a["optimizer"], a["lr"], a["batch_size"], a["precision"]) == ("Adam", 0.001, 32, "fp32")
     assert a["final_test_acc"] == rows[-1]["test_acc"] and a["best_val_acc"] == max(r["val_acc"] for r in rows)
     assert runs["sweep-notebook/mlp-e1"]["kind"] == "sweep"
     assert runs["damaged"]["status"] == "corrupt" and runs["damaged"]["epochs"] == 1
@@ -79,7 +79,7 @@ def test_runs_lists_every_run_directory_nested_too(client, tree):
 def test_run_detail(client, tree):
     d = client.get("/api/runs/sweep-notebook/mlp-e1").json()
     assert d["config"] == json.loads((tree / "sweep-notebook/mlp-e1/config.json").read_text())
-    assert d["env"]["device"] == "cpu" and d["env"]["precision"] == "float32"
+    assert d["env"]["device"] == "cpu" and "amp_dtype" in d["env"]
     assert d["metrics"] == [json.loads(line) for line in
                             (tree / "sweep-notebook/mlp-e1/metrics.jsonl").read_text().splitlines()]
     assert {"config.json", "metrics.csv", "model.safetensors"} <= set(d["files"])

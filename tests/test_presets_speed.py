@@ -99,13 +99,15 @@ def test_bad_augment_settings_are_config_errors():
 
 
 def test_augmented_training_keeps_labels_and_resumes_identically(mnist_dir, tmp_path):
-    """The engine augments images only; seeded runs (and a resumed one) see the same augmentations."""
-    kw = dict(subset=512, batch_size=128, epochs=2, device="cpu", data_dir=mnist_dir, quiet=True,
+    """The engine augments images only; seeded runs (and a resumed one) see the same augmentations. Under bf16
+    autocast (emulated where the CPU lacks it), as a CPU with native bf16 trains by default."""
+    kw = dict(subset=512, batch_size=128, epochs=2, device="cpu", amp="bf16", data_dir=mnist_dir, quiet=True,
               model_args={"widths": (8, 8, 16), "extra": 0})
     a = train("best", out=tmp_path / "a", **kw)
     with pytest.raises(KeyboardInterrupt):
         train("best", out=tmp_path / "b", callbacks=(StopAt(2),), **kw)
     b = train(resume=tmp_path / "b", data_dir=mnist_dir, quiet=True)
+    assert json.loads((tmp_path / "b" / "env.json").read_text())["amp_dtype"] == "bf16"  # kept on resume
     assert a.history[-1]["train_loss"] == pytest.approx(b.history[-1]["train_loss"], rel=1e-5)
     assert a.history[-1]["test_acc"] == b.history[-1]["test_acc"]
     assert a.history[1]["train_loss"] < a.history[0]["train_loss"]  # labels still match the augmented images
@@ -137,8 +139,8 @@ def test_average_probs_and_the_ensemble_net():
 
 
 def test_train_ensemble_writes_members_and_scores(mnist_dir, tmp_path):
-    ens = train_ensemble("fast", 2, out=tmp_path / "ens", subset=1024, device="cpu", data_dir=mnist_dir,
-                         quiet=True, seed=3)
+    ens = train_ensemble("fast", 2, out=tmp_path / "ens", subset=1024, device="cpu", amp="off",
+                         data_dir=mnist_dir, quiet=True, seed=3)
     assert [m.config.seed for m in ens.members] == [3, 4]
     saved = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
     assert saved["seeds"] == [3, 4] and saved["ensemble_test_acc"] == ens.test_acc

@@ -17,7 +17,7 @@ from mnistlab.files.checkpoints import load_checkpoint
 
 TIMING = {"seconds", "eval_seconds", "images_per_s"}  # wall-clock columns, the only ones allowed to differ
 TRAIN = [sys.executable, "-m", "mnistlab", "train", "--preset", "notebook", "--epochs", "3", "--subset", "2000",
-         "--seed", "0", "--device", "cpu", "--quiet"]
+         "--seed", "0", "--device", "cpu", "--amp", "off", "--quiet"]  # fp32 on every machine
 
 
 def rows(run: Path) -> list[dict]:

@@ -64,7 +64,7 @@ def test_scalars_hparams_and_images_of_a_run(cli, mnist_dir, tmp_path):
     hp = start.session_start_info.hparams
     assert hp["lr"].number_value == pytest.approx(2e-3) and hp["optimizer"].string_value == "Adam"
     assert hp["epochs"].number_value == 2 and hp["val"].number_value == 200
-    assert hp["precision"].string_value in ("float32", "bfloat16")
+    assert hp["precision"].string_value in ("fp32", "bf16")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     metrics = {m.name.tag for m in experiment.metric_infos}
     assert {"hparam/test_acc", "hparam/val_acc", "hparam/best_val_acc"} <= metrics

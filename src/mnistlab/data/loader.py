@@ -16,6 +16,19 @@ from collections.abc import Iterator
 import torch
 
 
+def scale_pixels(images_u8: torch.Tensor, normalise: tuple[float, float] | None = None) -> torch.Tensor:
+    """uint8 (N, H, W) -> float32 (N, 1, H, W): (u8 / 255 - mean) / std, folded into one multiply-add.
+
+    The loader and `LoadedModel.probabilities` (hence `mnistlab evaluate`) both compute their inputs here, so
+    a saved model scores the dataset's images bit for bit as it was scored during training.
+    """
+    mean, std = normalise if normalise else (0.0, 1.0)
+    x = images_u8.unsqueeze(1).mul(1.0 / (255.0 * std))  # uint8 * float scalar -> float32, in one pass
+    if mean:
+        x.add_(-mean / std)
+    return x
+
+
 class DeviceLoader:
     """Batches of (images, labels) from uint8 images (N, 28, 28) and int64 labels (N,) held on `device`.
 
@@ -48,10 +61,7 @@ class DeviceLoader:
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.channels_last = channels_last
-        mean, std = normalise if normalise else (0.0, 1.0)
-        # x = (u8 / 255 - mean) / std, folded into one multiply-add.
-        self._scale = 1.0 / (255.0 * std)
-        self._shift = -mean / std
+        self.normalise = normalise
 
     def __len__(self) -> int:
         """Steps per epoch (the same on every rank)."""
@@ -82,9 +92,7 @@ class DeviceLoader:
 
     def transform(self, images_u8: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W) -> normalised float (N, 1, H, W) on the device."""
-        x = images_u8.unsqueeze(1).mul(self._scale)  # uint8 * float scalar -> float32, in one pass
-        if self._shift:
-            x.add_(self._shift)
+        x = scale_pixels(images_u8, self.normalise)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -192,7 +192,7 @@ def _quirks(r: LabResult, data_dir, quiet: bool) -> None:
              "normal_test_acc": a["test_acc"], "double_test_acc": b["test_acc"]}
             for a, b in zip(r.step1.history, ds.history, strict=False)]
     images, labels = load_split("mnist", "test", data_dir)
-    preds = load_model(r.run_dir / "exercise1" / "model.safetensors").probabilities(images.float() / 255).argmax(1)
+    preds = load_model(r.run_dir / "exercise1" / "model.safetensors").probabilities(images).argmax(1)
     correct = (preds == labels).split(NOTEBOOK_BATCH)
     per_batch = [100.0 * float(c.sum()) / NOTEBOOK_BATCH for c in correct]  # "assumes every batch is full"
     notebook_acc = sum(per_batch) / (len(per_batch) - 1)  # divided by the index of the last batch

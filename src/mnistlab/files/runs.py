@@ -2,7 +2,7 @@
 
     runs/<preset>-<timestamp>/
       config.json      the resolved Config (preset + overrides)
-      env.json         python/torch versions, device, threads, git commit, world size
+      env.json         python/torch versions, device, threads, git commit, world size, training precision
       metrics.csv      one row per epoch (epoch, train_loss, train_acc, test_loss, test_acc, seconds, ...)
       metrics.jsonl    the same rows as JSON lines
       checkpoint.pt    model + optimizer + scheduler + epoch + RNG + history; torch.load(weights_only=True)
@@ -130,8 +130,10 @@ def remove_partial_files(run_dir: str | Path) -> list[Path]:
     return leftovers
 
 
-def environment(device: torch.device, world_size: int = 1, backend: str | None = None) -> dict[str, Any]:
-    """What a run ran on: versions, device, threads, git commit."""
+def environment(device: torch.device, world_size: int = 1, backend: str | None = None,
+                amp_dtype: str | None = None, cpu_native_bf16: bool | None = None) -> dict[str, Any]:
+    """What a run ran on: versions, device, threads, git commit, and the precision it trained in:
+    `amp_dtype` ("bf16" | "fp16" | None for fp32; evaluation is always fp32) and `cpu_native_bf16`."""
     env: dict[str, Any] = {
         "mnistlab": __version__,
         "python": platform.python_version(),
@@ -144,6 +146,8 @@ def environment(device: torch.device, world_size: int = 1, backend: str | None =
         "device_name": device_name(device),
         "world_size": world_size,
         "backend": backend,
+        "amp_dtype": amp_dtype,
+        "cpu_native_bf16": cpu_native_bf16,
         "git_commit": git_commit(),
     }
     if torch.cuda.is_available():

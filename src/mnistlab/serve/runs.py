@@ -157,7 +157,7 @@ class RunsRoot:
             "dataset": _text(cfg.get("dataset")), "epochs": done, "planned_epochs": planned,
             "optimizer": _text(cfg.get("optimizer")), "lr": _number(opt_args.get("lr")),
             "batch_size": _int(cfg.get("batch_size")),
-            "precision": _text(env_value.get("precision")) or _text(cfg.get("amp")),
+            "precision": _text(env_value.get("amp_dtype")) or ("fp32" if "amp_dtype" in env_value else _text(cfg.get("amp"))),
             "device": _text(env_value.get("device")),
             **_accuracies(rows),
             "seconds": round(sum(_number(r.get("seconds")) or 0.0 for r in rows)

@@ -151,5 +151,23 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return None  # mps: fp32 is the dependable choice
 
 
+AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def amp_name(dtype: torch.dtype | None) -> str | None:
+    """"bf16" | "fp16" for an autocast dtype, None for fp32 (as env.json and bench.json record it)."""
+    return None if dtype is None else AMP_NAMES[dtype]
+
+
+def describe_precision(amp: str, dtype: torch.dtype | None, device: torch.device) -> str:
+    """One line for the start of a run: what training computes in (`dtype`, from `amp` on `device`), and
+    that evaluation is fp32."""
+    trains = "fp32" if dtype is None else f"{amp_name(dtype)} autocast"
+    where = device.type
+    if device.type == "cpu":
+        where += " with native bf16" if cpu_supports_bf16() else " without native bf16"
+    return f"precision: training in {trains}, evaluation in fp32 (--amp {amp} on {where})"
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()

@@ -24,7 +24,7 @@ from mnistlab.presets import Config, resolve
 from mnistlab.training import distributed, tensorboard
 from mnistlab.training.augment import RandomAffine
 from mnistlab.training.callbacks import EarlyStopping, RunWriter, WeightAverage, set_rng_state
-from mnistlab.training.device import amp_dtype, pick_device
+from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, describe_precision, pick_device
 from mnistlab.training.engine import Callback, EpochMetrics, StepOptions, fit
 from mnistlab.training.optim import make_optimizer, make_scheduler
 from mnistlab.training.progress import Progress
@@ -271,6 +271,7 @@ def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_di
     the caller's, early stopping, and last the run directory's writer (`run_dir`: only the main rank writes)."""
     cbs: list[Callback] = []
     if env.is_main and not quiet:
+        print(describe_precision(cfg.amp, amp_dtype(cfg.amp, rank.device), rank.device), flush=True)
         cbs.append(Progress(cfg.epochs))
     if env.active:
         cbs.append(distributed.RankSeed(cfg.seed, env.rank))
@@ -282,11 +283,10 @@ def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_di
     if run_dir is not None:
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
-        amp = amp_dtype(cfg.amp, rank.device)
-        precision = str(amp).removeprefix("torch.") if amp is not None else "float32"  # what "auto" chose
-        environ = environment(rank.device, env.world_size, env.backend)
-        write_json(run_dir / "env.json", {**environ, "precision": precision})
-        board = tensorboard.open_logger(run_dir, cfg, precision, rank.history)
+        precision = amp_name(amp_dtype(cfg.amp, rank.device))  # what "auto" chose; None: fp32
+        write_json(run_dir / "env.json", environment(rank.device, env.world_size, env.backend, precision,
+                                                     cpu_supports_bf16()))
+        board = tensorboard.open_logger(run_dir, cfg, precision or "fp32", rank.history)
         if board is not None:  # before RunWriter: an epoch's events are on disk before its checkpoint
             cbs.append(board)
         writer = RunWriter(run_dir, cfg, rank.model, rank.optimizer, rank.scheduler,

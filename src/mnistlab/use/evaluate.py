@@ -36,7 +36,7 @@ class SplitPredictions:
 
 def predict_split(loaded: LoadedModel, split: str = "test", data_dir: str | Path | None = None) -> SplitPredictions:
     images, labels = load_split(loaded.dataset, split, data_dir)
-    conf, preds = loaded.probabilities(images.float() / 255.0).max(1)
+    conf, preds = loaded.probabilities(images).max(1)  # uint8: the pixels exactly as training evaluated them
     return SplitPredictions(split, images, labels, preds, conf)
 
 

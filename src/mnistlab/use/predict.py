@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mnistlab.data import load_split
+from mnistlab.data.loader import scale_pixels
 from mnistlab.data.preprocess import BLANK_CONTRAST, decode_image, prepare_batch, to_mnist
 from mnistlab.errors import MnistlabError
 from mnistlab.files.checkpoints import read_model
@@ -58,10 +59,14 @@ class LoadedModel:
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 10) float32 class probabilities for images (N, 28, 28) (or (N, 1, 28, 28)) in [0, 1]."""
-        images = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 28, 28)
-        out = [_softmax(self.model(prepare_batch(list(chunk), self.normalise)).float())
-               for chunk in images.split(BATCH)]
+        """(N, 10) float32 class probabilities, computed in fp32, for images (N, 28, 28) (or (N, 1, 28, 28))
+        in [0, 1], or uint8 pixels 0-255 (scaled exactly as the training loader scales them)."""
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            batches = (scale_pixels(chunk, self.normalise) for chunk in images.reshape(-1, 28, 28).split(BATCH))
+        else:
+            images = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 28, 28)
+            batches = (prepare_batch(list(chunk), self.normalise) for chunk in images.split(BATCH))
+        out = [_softmax(self.model(x).float()) for x in batches]
         return torch.cat(out) if out else torch.zeros(0, 10)
 
 
