@@ -1,7 +1,9 @@
 """DistributedDataParallel under torchrun: two real gloo ranks on the CPU, and the sharding they rely on.
 
 The torchrun runs use SGD with momentum rather than the notebook's Adam: Adam's update hardly changes when
-every gradient is scaled by a constant, so a wrong DDP loss scaling would go unnoticed with it.
+every gradient is scaled by a constant, so a wrong DDP loss scaling would go unnoticed with it. They train in
+fp32 (`--amp off`) to compare with a single process to 1e-5 on any CPU; one more run trains under bf16
+autocast (emulated where the CPU lacks it), whose metrics must still be the fp32 score of its saved model.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from mnistlab.training.distributed import DistEnv, RankSeed
 from mnistlab.training.engine import evaluate
 from mnistlab.training.run import train
 
-RECIPE = dict(optimizer="sgd", lr=0.02, opt_args={"momentum": 0.9}, batch_size=64, subset=2000, seed=3)
+RECIPE = dict(optimizer="sgd", lr=0.02, opt_args={"momentum": 0.9}, batch_size=64, subset=2000, seed=3, amp="off")
 RECIPE_ARGS = ["--preset", "notebook", "--optimizer", "sgd", "--lr", "0.02", "--opt", "momentum=0.9",
-               "--batch-size", "64", "--subset", "2000", "--seed", "3", "--device", "cpu"]
+               "--batch-size", "64", "--subset", "2000", "--seed", "3", "--device", "cpu", "--amp", "off"]
 EPOCHS = 2
 
 
@@ -53,6 +55,16 @@ def ddp_run(mnist_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProc
     return cwd / "run", r
 
 
+@pytest.fixture(scope="module")
+def ddp_bf16_run(mnist_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """RECIPE for 1 epoch on two gloo ranks, trained under bf16 autocast."""
+    cwd = tmp_path_factory.mktemp("ddp-bf16")
+    r = mnistlab_train(*RECIPE_ARGS, "--amp", "bf16", "--epochs", "1", "--data-dir", str(mnist_dir), "--out",
+                       "run", cwd=cwd)  # the last --amp wins
+    assert r.returncode == 0, r.stderr[-3000:]
+    return cwd / "run", r
+
+
 # ---------------------------------------------------------------- two real ranks
 def test_only_rank_0_writes_and_prints(ddp_run):
     run_dir, r = ddp_run
@@ -71,12 +83,15 @@ def test_only_rank_0_writes_and_prints(ddp_run):
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == EPOCHS
 
 
-def test_test_set_evaluated_once_in_total(ddp_run, mnist_dir):
-    run_dir, _ = ddp_run
+@pytest.mark.parametrize("run, amp", [("ddp_run", None), ("ddp_bf16_run", "bf16")])
+def test_test_set_evaluated_once_in_total(run, amp, mnist_dir, request):
+    run_dir, _ = request.getfixturevalue(run)
+    assert json.loads((run_dir / "env.json").read_text())["amp_dtype"] == amp
     last = rows(run_dir)[-1]
     assert all(row["test_n"] == 10_000 for row in rows(run_dir))
-    # The sharded, all-reduced metrics equal one process evaluating the saved model on the whole test set:
-    # a rank that skipped or repeated part of its shard would change the correct count or the loss.
+    # The sharded, all-reduced metrics equal one process evaluating the saved model on the whole test set
+    # (in fp32, whatever the training precision): a rank that skipped or repeated part of its shard would
+    # change the correct count or the loss.
     model = model_from(*read_safetensors(run_dir / "model.safetensors"))
     images, labels = load_split("mnist", "test", mnist_dir)
     full = evaluate(model, DeviceLoader(images, labels, 1000))

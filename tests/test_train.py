@@ -11,6 +11,8 @@ import torch
 from safetensors import safe_open
 
 from mnistlab.files.checkpoints import load_checkpoint
+from mnistlab.files.runs import environment
+from mnistlab.training import device as engine  # devices and precision
 from mnistlab.training.run import train
 
 
@@ -20,10 +22,11 @@ def mnistlab(*args, **kw):
 
 def test_notebook_smoke_run_on_real_mnist(mnist_dir, tmp_path):
     out = tmp_path / "run"
-    r = mnistlab("train", "--preset", "notebook", "--epochs", "1", "--subset", "10000", "--data-dir",
-                 str(mnist_dir), "--out", str(out))
+    r = mnistlab("train", "--preset", "notebook", "--epochs", "1", "--subset", "10000", "--amp", "off",
+                 "--data-dir", str(mnist_dir), "--out", str(out))  # fp32: the same accuracy on every machine
     assert r.returncode == 0, r.stderr
     assert "epoch 1/1" in r.stdout
+    assert r.stdout.count("precision: training in fp32, evaluation in fp32 (--amp off on ") == 1
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["test_acc"] > 92.0  # 1 epoch on 10k images reaches about 93.5%
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
@@ -32,6 +35,7 @@ def test_notebook_smoke_run_on_real_mnist(mnist_dir, tmp_path):
     assert cfg["preset"] == "notebook" and cfg["batch_size"] == 32 and cfg["subset"] == 10000
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["world_size"] == 1
+    assert env["amp_dtype"] is None and env["cpu_native_bf16"] == engine.cpu_supports_bf16()
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         meta = f.metadata()
     assert json.loads(meta["model"]) == "notebook" and json.loads(meta["preset"]) == "notebook"
@@ -47,6 +51,22 @@ def test_same_seed_same_metrics_on_cpu(mnist_dir):
     other = train("notebook", epochs=1, subset=2000, seed=6, device="cpu", data_dir=mnist_dir, quiet=True,
                   write_run=False)
     assert other.history[0]["train_loss"] != runs[0].history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_on_the_cpu_follows_native_bf16(monkeypatch, native):
+    """`--amp auto` trains in bf16 on a CPU that computes it natively, else in fp32; the run says which."""
+    monkeypatch.setattr(engine, "cpu_supports_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    auto = engine.amp_dtype("auto", cpu)
+    assert auto is (torch.bfloat16 if native else None)
+    assert engine.amp_dtype("bf16", cpu) is torch.bfloat16 and engine.amp_dtype("off", cpu) is None
+    with_or_without = "with" if native else "without"
+    assert engine.describe_precision("auto", auto, cpu) == (
+        f"precision: training in {'bf16 autocast' if native else 'fp32'}, evaluation in fp32 "
+        f"(--amp auto on cpu {with_or_without} native bf16)")
+    env = environment(cpu, amp_dtype=engine.amp_name(auto), cpu_native_bf16=engine.cpu_supports_bf16())
+    assert env["amp_dtype"] == ("bf16" if native else None) and env["cpu_native_bf16"] is native
 
 
 def test_overrides_reach_the_optimizer(mnist_dir):
