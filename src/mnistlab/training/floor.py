@@ -104,9 +104,11 @@ def optimizer_kernel(model: nn.Module, make_optimizer: Callable[[Iterable[nn.Par
     return Kernel(f"{type(opt).__name__}{fused}, {n:,} parameters", opt.step)
 
 
-def time_kernels(kernels: dict[str, Kernel], device: torch.device, *, reps: int, warmup: int) -> dict[str, float]:
+def time_kernels(kernels: dict[str, Kernel], device: torch.device, *, reps: int, warmup: int,
+                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median milliseconds of one call of each kernel: `warmup` untimed calls each, then `reps` timed ones,
-    the kernels taking turns."""
+    the kernels taking turns. `clock` is wall time; `time.thread_time` with one thread counts only this
+    process's CPU time (a steadier figure on a shared machine)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for k in kernels.values():
         for _ in range(warmup):
@@ -115,10 +117,10 @@ def time_kernels(kernels: dict[str, Kernel], device: torch.device, *, reps: int,
     for _ in range(reps):
         for name, k in kernels.items():
             sync()
-            t0 = time.perf_counter()
+            t0 = clock()
             k.run()
             sync()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
