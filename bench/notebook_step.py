@@ -1,6 +1,6 @@
 """The `notebook` preset's step in each precision, side by side, against its floor.
 
-    python bench/notebook_step.py [--rounds 10] [--steps 100] [--threads N] [--cpu-time]
+    python bench/notebook_step.py [--rounds 10] [--steps 100] [--threads N] [--cpu-time] [--variant NAME ...]
 
 Variants: fp32; bf16 autocast as plain autocast runs it (every forward casts the weights, every backward
 casts their gradients back); bf16 autocast with the bf16 weight copies `mnistlab train` uses
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="steps per variant per round (batches of 32)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--cpu-time", action="store_true", help="time.thread_time instead of wall time (1 thread)")
+    ap.add_argument("--variant", action="append", choices=list(VARIANTS), help="only these (repeatable; default all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.cpu_time and args.threads != 1:
@@ -46,14 +47,16 @@ def main() -> None:
     clock = time.thread_time if args.cpu_time else time.perf_counter
     cfg = resolve("notebook", subset=32 * args.steps, device="cpu")
     data = load_data(cfg, CPU)
+    variants = {name: VARIANTS[name] for name in args.variant or VARIANTS}
     runs = {}
-    for name, (amp, copies) in VARIANTS.items():
+    for name, (amp, copies) in variants.items():
         model = build(cfg, CPU)
         opt = make_optimizer(cfg, model.parameters(), CPU)
         runs[name] = (bf16_weights(model, opt, CPU, amp) if copies else model, opt, StepOptions(amp=amp))
     x, _ = data.train.batch(data.train.shard(1)[0][0])
-    kernels = {amp: step_kernels(runs["fp32"][0], lambda p: make_optimizer(cfg, p, CPU), x, amp)
-               for amp in (None, torch.bfloat16)}
+    first = next(iter(runs.values()))[0]
+    kernels = {amp: step_kernels(first, lambda p: make_optimizer(cfg, p, CPU), x, amp)
+               for amp in {amp for amp, _ in variants.values()}}
     step_ms: dict[str, list[float]] = {name: [] for name in runs}
     floor_ms: dict[torch.dtype | None, list[float]] = {amp: [] for amp in kernels}
     with cpu_training_mode(CPU):
@@ -70,9 +73,10 @@ def main() -> None:
     print(f"{args.rounds} rounds of {args.steps} steps, {args.threads} threads, "
           f"{'CPU' if args.cpu_time else 'wall'} time; bf16 {native}\n")
     print("| variant | ms/step | floor (ms) | step / floor | vs fp32 |\n| --- | ---: | ---: | ---: | ---: |")
-    for name, (amp, _) in VARIANTS.items():  # ratios: the median of the rounds' ratios (measured side by side)
+    base = step_ms.get("fp32", [float("nan")] * args.rounds)
+    for name, (amp, _) in variants.items():  # ratios: the median of the rounds' ratios (measured side by side)
         to_floor = statistics.median(s / f for s, f in zip(step_ms[name], floor_ms[amp], strict=True))
-        to_fp32 = statistics.median(s / f for s, f in zip(step_ms[name], step_ms["fp32"], strict=True))
+        to_fp32 = statistics.median(s / f for s, f in zip(step_ms[name], base, strict=True))
         print(f"| {name} | {statistics.median(step_ms[name]):.3f} | {statistics.median(floor_ms[amp]):.3f} | "
               f"{to_floor:.2f}x | {to_fp32:.2f}x |")
 
