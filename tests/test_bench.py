@@ -43,6 +43,17 @@ def test_bench_json_has_every_documented_key(quick):
     assert f["mean_test_acc"] == pytest.approx(sum(f["test_accs"]) / 2)
     assert f["min_test_acc"] == min(f["test_accs"]) and 0 <= f["frac_at_least_99"] <= 1
     assert f["warmup_images"] == 1024 and f["warmup_seconds"] > 0  # the untimed warm-up is reported, not mixed in
+    fl = r["floor"]
+    names = ["conv1 forward", "conv1 backward", "d1 forward", "d1 grad-weight", "d1 grad-input", "d2 forward",
+             "d2 grad-weight", "d2 grad-input", "optimizer"]
+    assert sorted(fl["kernels"]) == sorted(names) and list(fl["kernels"])[-1] == "optimizer"
+    assert all(isinstance(ms, float) and ms > 0 for ms in fl["kernels"].values())
+    assert fl["shapes"]["d1 forward"] == "32x21632 @ 21632x128" and "2,770,634 parameters" in fl["shapes"]["optimizer"]
+    assert fl["floor_ms"] == pytest.approx(sum(fl["kernels"].values()))
+    assert fl["amp"] == ("bfloat16" if r["machine"]["cpu_native_bf16"] else "float32") and fl["batch_size"] == 32
+    assert fl["steps_per_epoch"] == 20  # 640 images in batches of 32
+    assert fl["step_ms"] == pytest.approx(1e3 * r["mnistlab"]["seconds_per_epoch"] / 20)
+    assert fl["ratio"] == pytest.approx(fl["step_ms"] / fl["floor_ms"])
     m = r["machine"]
     assert m["cpu"] and m["cores"] >= 1 and m["torch"] and "gpu" in m
 
@@ -64,6 +75,7 @@ def test_bench_md_is_the_table(quick):
     text = (out / "bench.md").read_text()
     assert text == markdown(r)
     assert "| mnistlab `notebook` preset |" in text and f"{r['speedup']:.2f}x" in text
+    assert "| d1 grad-weight | 128x32 @ 32x21632 |" in text and f"**{r['floor']['ratio']:.2f}x** its floor" in text
     assert f"p50 {r['serve']['p50_ms']} ms" in text
 
 

@@ -10,6 +10,9 @@ turn by this process (so load drift on a shared machine hits both alike):
   benchmark contender only: mnistlab itself trains through `engine.fit`.
 - **mnistlab**: the `notebook` preset through `engine.fit`.
 
+After the epochs, the mnistlab contender's process measures the floor of its step (`training.floor`: the
+isolated time of each kernel one step needs, at the step's shapes and precision) for `step_ms / floor_ms`.
+
 Then the `fast` preset's time to accuracy over several seeds (training wall from the engine, excluding
 start-up, data loading and evaluation). Results: `bench.json` and `bench.md` in the output directory.
 """
@@ -35,8 +38,10 @@ from mnistlab.files.checkpoints import model_metadata, save_safetensors
 from mnistlab.files.runs import atomic_write, cpu_model, write_json
 from mnistlab.models import NotebookNet
 from mnistlab.presets import resolve
+from mnistlab.training.bf16 import bf16_weights
 from mnistlab.training.device import amp_dtype, cpu_supports_bf16, pick_device
 from mnistlab.training.engine import StepOptions, evaluate, fit
+from mnistlab.training.floor import step_floor
 from mnistlab.training.optim import make_optimizer
 from mnistlab.training.run import build, load_data, train
 
@@ -57,6 +62,7 @@ class BenchOptions:
     device: str = "auto"
     serve_seconds: float = 15.0
     model_out: str | None = None  # where the `fast` run of the first seed saves its model (for --serve)
+    floor_reps: int = 200  # timed calls of each kernel of the floor
 
 
 # ---------------------------------------------------------------- the reference contender (notebook pipeline)
@@ -136,15 +142,25 @@ class _Mnistlab:
         self.model = build(self.cfg, device)
         self.optimizer = make_optimizer(self.cfg, self.model.parameters(), device)
         self.amp = amp_dtype(self.cfg.amp, device)
+        self.net = bf16_weights(self.model, self.optimizer, device, self.amp)  # what train() runs too
+        self.device, self.floor_reps = device, opts.floor_reps
         self.history: list[dict[str, Any]] = []
 
     def epoch(self) -> float:
-        self.history = fit(self.model, self.optimizer, self.data.train, {}, epochs=len(self.history) + 1,
+        self.history = fit(self.net, self.optimizer, self.data.train, {}, epochs=len(self.history) + 1,
                            start_epoch=len(self.history), step=StepOptions(amp=self.amp), history=self.history)
         return self.history[-1]["seconds"]
 
     def test_acc(self) -> float:
         return evaluate(self.model, self.data.evals["test"])["acc"]  # fp32, like every model figure
+
+    def floor(self) -> dict[str, Any]:
+        """The floor of this contender's step (on copies: the model is not changed) and its steps per epoch."""
+        x, _ = self.data.train.batch(self.data.train.shard(1)[0][0])  # one full batch of the step's size
+        out = step_floor(self.model, lambda params: make_optimizer(self.cfg, params, self.device), x, self.amp,
+                         reps=self.floor_reps)
+        return out | {"amp": str(self.amp or torch.float32).removeprefix("torch."), "batch_size": len(x),
+                      "steps_per_epoch": len(self.data.train), "threads": torch.get_num_threads()}
 
 
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
@@ -158,8 +174,8 @@ def _contender(name: str, opts: BenchOptions, conn) -> None:
         device = pick_device(opts.device)
         c = _Reference(opts, device) if name == "reference" else _Mnistlab(opts, device)
         conn.send(("ready", c.n))
-        while conn.recv() == "epoch":
-            conn.send(("epoch", c.epoch()))
+        while (request := conn.recv()) != "finish":
+            conn.send((request, c.epoch() if request == "epoch" else c.floor()))
         acc = c.test_acc()
         stats = {"test_acc": acc, "peak_rss_mb": round(peak_rss_mb(), 1)}
         if name == "reference":
@@ -224,6 +240,9 @@ def compare(opts: BenchOptions, log=print) -> dict[str, Any]:
                 conn.send("epoch")
                 seconds[name].append(_recv(conn, proc)[1])
                 log(f"epoch {e}/{opts.epochs}  {name:9s} {seconds[name][-1]:7.2f} s")
+        proc, conn = procs["mnistlab"]
+        conn.send("floor")
+        floor = _recv(conn, proc)[1]
         out: dict[str, Any] = {}
         for name, (proc, conn) in procs.items():
             conn.send("finish")
@@ -238,6 +257,9 @@ def compare(opts: BenchOptions, log=print) -> dict[str, Any]:
             if proc.is_alive():
                 proc.kill()
     out["speedup"] = out["reference"]["seconds_per_epoch"] / out["mnistlab"]["seconds_per_epoch"]
+    floor["step_ms"] = 1e3 * out["mnistlab"]["seconds_per_epoch"] / floor["steps_per_epoch"]
+    floor["ratio"] = floor["step_ms"] / floor["floor_ms"]
+    out["floor"] = floor
     return out
 
 
@@ -284,7 +306,7 @@ def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=pri
     result: dict[str, Any] = {"machine": machine(opts.device), "options": vars(opts) | {"seeds": list(opts.seeds)}}
     t0 = time.perf_counter()
     result.update(compare(opts, log))
-    log(f"speedup {result['speedup']:.2f}x; fast preset, {len(opts.seeds)} seeds ...")
+    log(f"speedup {result['speedup']:.2f}x, step {result['floor']['ratio']:.2f}x its floor; fast preset, {len(opts.seeds)} seeds ...")
     result["fast"] = fast(opts)
     if serve:
         result["serve"] = bench_serve(model=opts.model_out, out_dir=out_dir, clients=8, seconds=opts.serve_seconds)
@@ -315,9 +337,10 @@ def markdown(r: dict[str, Any]) -> str:
             rss += f" (+ workers {c['worker_peak_rss_mb']:.0f} each)"
         lines.append(f"| {names[key]} | {c['seconds_per_epoch']:.2f} | {c['images_per_s']:.0f} | {rss} | "
                      f"{c['test_acc']:.2f} |")
+    lines += ["", f"Speedup: **{r['speedup']:.2f}x**.", "", *floor_markdown(r["floor"])]
     f = r["fast"]
     lines += [
-        "", f"Speedup: **{r['speedup']:.2f}x**.", "",
+        "",
         "| `fast` preset | seeds | mean test acc (%) | min (%) | seeds >= 99.0% | mean train wall (s) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         f"| {', '.join(f'{a:.2f}' for a in f['test_accs'])} | {len(f['seeds'])} | {f['mean_test_acc']:.2f} | "
@@ -332,4 +355,16 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-QUICK = dict(epochs=1, seeds=(0, 1), subset=640, test_subset=500, fast_subset=1024, serve_seconds=3.0)
+def floor_markdown(fl: dict[str, Any]) -> list[str]:
+    """The floor of the mnistlab step as a table, and the step's ratio to it."""
+    lines = [f"Floor of the mnistlab step ({fl['amp']}, batch {fl['batch_size']}, {fl['threads']} threads; each kernel "
+             "alone, the median of its calls):", "", "| kernel | shapes | ms |", "| --- | --- | ---: |"]
+    lines += [f"| {name} | {fl['shapes'][name]} | {ms:.3f} |" for name, ms in fl["kernels"].items()]
+    lines += [f"| **floor** | | **{fl['floor_ms']:.3f}** |", "",
+              f"Step: {fl['step_ms']:.3f} ms (the epoch's wall time over its {fl['steps_per_epoch']} steps) = "
+              f"**{fl['ratio']:.2f}x** its floor."]
+    return lines
+
+
+QUICK = dict(epochs=1, seeds=(0, 1), subset=640, test_subset=500, fast_subset=1024, serve_seconds=3.0,
+             floor_reps=20)

@@ -23,6 +23,7 @@ from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
 from mnistlab.training import distributed, tensorboard
 from mnistlab.training.augment import RandomAffine
+from mnistlab.training.bf16 import bf16_weights
 from mnistlab.training.callbacks import EarlyStopping, RunWriter, WeightAverage, set_rng_state
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, describe_precision, pick_device
 from mnistlab.training.engine import Callback, EpochMetrics, StepOptions, fit
@@ -131,7 +132,7 @@ def train(
         cfg = config if config is not None else resolve(preset, **overrides)
     env = distributed.setup(cfg.device)  # the group is left at exit: a later train() reuses it
     rank = set_up(cfg, env, resume, data_dir, init_state)
-    net = wrap(rank.model, cfg, env, rank.device)
+    net = wrap(rank.model, cfg, env, rank.device, rank.optimizer)
     run_dir = None
     if write_run and env.is_main:  # one writer
         run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
@@ -252,9 +253,11 @@ def restore(rank: RankState, ckpt: dict[str, Any], reseed: bool) -> None:
         rank.stopper.load_state_dict(ckpt["early_stop"])
 
 
-def wrap(model: nn.Module, cfg: Config, env: distributed.DistEnv, device: torch.device) -> nn.Module:
-    """Phase 2: what the loop trains: SyncBatchNorm under nccl, torch.compile, DDP. The wrappers share
-    `model`'s parameters, so `model` itself is what gets saved."""
+def wrap(model: nn.Module, cfg: Config, env: distributed.DistEnv, device: torch.device,
+         optimizer: torch.optim.Optimizer) -> nn.Module:
+    """Phase 2: what the loop trains: SyncBatchNorm under nccl, torch.compile, DDP, or under CPU bf16
+    autocast bf16 copies of the large dense weights (`bf16_weights`). The wrappers share `model`'s
+    parameters, so `model` itself is what gets saved."""
     net = model
     if env.backend == "nccl":  # batch statistics over the global batch (SyncBatchNorm is CUDA-only)
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -262,7 +265,7 @@ def wrap(model: nn.Module, cfg: Config, env: distributed.DistEnv, device: torch.
         net = torch.compile(net, mode="reduce-overhead" if cfg.cuda_graphs else None)
     if env.active:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    return net
+    return bf16_weights(net, optimizer, device, amp_dtype(cfg.amp, device))
 
 
 def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_dir: Path | None, quiet: bool,
