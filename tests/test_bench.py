@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mnistlab.bench import NotebookMNIST, markdown
 from mnistlab.cli import main
 from mnistlab.data import load_split
+from mnistlab.engine import amp_dtype, amp_name, cpu_supports_bf16
 
 
 def test_notebook_dataset_matches_totensor(mnist_dir):
@@ -45,6 +47,9 @@ def test_bench_json_has_the_issue_keys(quick):
     assert f["warmup_images"] == 1024 and f["warmup_seconds"] > 0  # the untimed warm-up is reported, not mixed in
     m = r["machine"]
     assert m["cpu"] and m["cores"] >= 1 and m["torch"] and "gpu" in m
+    auto = amp_name(amp_dtype("auto", torch.device("cpu")))  # both mnistlab contenders run --amp auto
+    assert m["cpu_native_bf16"] == cpu_supports_bf16()
+    assert m["amp_dtype"] == {"reference": None, "mnistlab": auto, "fast": auto}
 
 
 def test_bench_serve_load_tests_the_model_it_trained(quick):
@@ -64,6 +69,9 @@ def test_bench_md_is_the_table(quick):
     text = (out / "bench.md").read_text()
     assert text == markdown(r)
     assert "| mnistlab `notebook` preset |" in text and f"{r['speedup']:.2f}x" in text
+    auto = f"{r['machine']['amp_dtype']['mnistlab']} autocast" if r["machine"]["amp_dtype"]["mnistlab"] else "fp32"
+    assert "| notebook pipeline (DataLoader, 2 workers) | fp32 |" in text
+    assert f"| mnistlab `notebook` preset | {auto} |" in text and f"`fast` trained in {auto}." in text
     assert f"p50 {r['serve']['p50_ms']} ms" in text
 
 
