@@ -29,7 +29,7 @@ from mnistlab.experiments import CompareResult, SweepResult, compare, save_state
 from mnistlab.inspect import inspect
 from mnistlab.presets import Config, resolve
 from mnistlab.report.blocks import pct
-from mnistlab.runs import environment, new_run_dir, write_json
+from mnistlab.runs import new_run_dir, read_json, write_json
 from mnistlab.training import TrainResult, init_weights, train
 
 # The full lab keeps to roughly 10-15 minutes on a 2-core CPU; --quick is a first look (and CI).
@@ -99,7 +99,7 @@ def _exercise1(r: LabResult, data_dir, quiet: bool) -> None:
     init = init_weights(r.config)
     save_state(init, r.config, ex1 / "initial.safetensors")
     r.step1 = train(config=r.config, out=ex1, data_dir=data_dir, quiet=quiet, init_state=init)
-    r.environment = environment(next(r.step1.model.parameters()).device)
+    r.environment = read_json(ex1 / "env.json")  # what step 1 ran on, its training precision included
     r.analysis, r.evaluation = analyse_run(ex1, data_dir)
 
 

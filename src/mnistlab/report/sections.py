@@ -191,6 +191,8 @@ def overview(r) -> Section:
               f" on real MNIST. Every number below comes from the runs in this directory."),
         ("list", [f"device: {env.get('device')} ({env.get('device_name')}), {env.get('torch_threads')} CPU threads",
                   f"torch {env.get('torch')}, python {env.get('python')}, mnistlab {env.get('mnistlab')}",
+                  f"training precision: {env.get('amp_dtype') or 'fp32'} (`--amp {cfg.amp}`); every test "
+                  "accuracy and loss is the weights evaluated in fp32",
                   f"training images: {cfg.subset or 60000:,}; test images: 10,000; seed {cfg.seed}",
                   "wall time of the steps before this report: "
                   f"{sum(v for k, v in r.seconds.items() if k != 'total'):.0f} s"]),
