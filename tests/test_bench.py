@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mnistlab.bench import NotebookMNIST, markdown
 from mnistlab.cli import main
 from mnistlab.data import load_split
+from mnistlab.engine import amp_dtype, amp_name, cpu_supports_bf16
 
 
 def test_notebook_dataset_matches_totensor(mnist_dir):
@@ -56,6 +58,9 @@ def test_bench_json_has_every_documented_key(quick):
     assert fl["ratio"] == pytest.approx(fl["step_ms"] / fl["floor_ms"])
     m = r["machine"]
     assert m["cpu"] and m["cores"] >= 1 and m["torch"] and "gpu" in m
+    auto = amp_name(amp_dtype("auto", torch.device("cpu")))  # both mnistlab contenders run --amp auto
+    assert m["cpu_native_bf16"] == cpu_supports_bf16()
+    assert m["amp_dtype"] == {"reference": None, "mnistlab": auto, "fast": auto}
 
 
 def test_bench_serve_load_tests_the_model_it_trained(quick):
@@ -76,6 +81,9 @@ def test_bench_md_is_the_table(quick):
     assert text == markdown(r)
     assert "| mnistlab `notebook` preset |" in text and f"{r['speedup']:.2f}x" in text
     assert "| d1 grad-weight | 128x32 @ 32x21632 |" in text and f"**{r['floor']['ratio']:.2f}x** its floor" in text
+    auto = f"{r['machine']['amp_dtype']['mnistlab']} autocast" if r["machine"]["amp_dtype"]["mnistlab"] else "fp32"
+    assert "| notebook pipeline (DataLoader, 2 workers) | fp32 |" in text
+    assert f"| mnistlab `notebook` preset | {auto} |" in text and f"`fast` trained in {auto}." in text
     assert f"p50 {r['serve']['p50_ms']} ms" in text
 
 

@@ -47,6 +47,8 @@ def test_every_artifact_and_the_terminal_output(lab_run):
     for i in range(1, 8):
         assert f"[lab {i}/7]" in r.stdout
     assert "lab answers (quick run)" in r.stdout and "E4 reloaded = original" in r.stdout
+    env = json.loads((out / "exercise1/env.json").read_text())  # the report states step 1's training precision
+    assert f"training precision: {env['amp_dtype'] or 'fp32'} (`--amp auto`)" in (out / "report.md").read_text()
 
 
 def test_notebook_validates_and_answers_every_exercise(lab_run):

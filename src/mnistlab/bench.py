@@ -39,7 +39,7 @@ from mnistlab.files.runs import atomic_write, cpu_model, write_json
 from mnistlab.models import NotebookNet
 from mnistlab.presets import resolve
 from mnistlab.training.bf16 import bf16_weights
-from mnistlab.training.device import amp_dtype, cpu_supports_bf16, pick_device
+from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, pick_device
 from mnistlab.training.engine import StepOptions, evaluate, fit
 from mnistlab.training.floor import step_floor
 from mnistlab.training.optim import make_optimizer
@@ -284,11 +284,16 @@ def fast(opts: BenchOptions) -> dict[str, Any]:
 
 
 def machine(device: str = "auto") -> dict[str, Any]:
-    """CPU model, cores, GPU, torch version, native bf16, load average."""
+    """CPU model, cores, GPU, torch version, native bf16, load average, and `amp_dtype`: the precision each
+    contender trains in ("bf16" | "fp16" | None for fp32; every test accuracy is evaluated in fp32)."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    dev = pick_device(device)
+    precision = {"reference": None,  # the notebook's loop has no autocast
+                 **{name: amp_name(amp_dtype(resolve(preset).amp, dev))
+                    for name, preset in (("mnistlab", "notebook"), ("fast", "fast"))}}
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "torch": torch.__version__, "cpu_native_bf16": cpu_supports_bf16(), "device": device,
-            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+            "amp_dtype": precision, "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=print) -> dict[str, Any]:
@@ -320,14 +325,15 @@ def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=pri
 def markdown(r: dict[str, Any]) -> str:
     """bench.json as Markdown tables."""
     m = r["machine"]
+    trained_in = {k: f"{v} autocast" if v else "fp32" for k, v in m["amp_dtype"].items()}
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu'] or 'none'}, torch {m['torch']}, "
         f"native bf16 {'yes' if m['cpu_native_bf16'] else 'no'}; load average {m['loadavg'][0]} at start, "
         f"{m.get('loadavg_end', ['?'])[0]} at end.",
         "",
-        f"| contender ({r['reference']['epochs']} epoch(s), {r['mnistlab']['train_images']} images) | s/epoch | "
-        "images/s | peak RSS (MiB) | test acc (%) |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"| contender ({r['reference']['epochs']} epoch(s), {r['mnistlab']['train_images']} images) | trained in | "
+        "s/epoch | images/s | peak RSS (MiB) | test acc (%) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     names = {"reference": "notebook pipeline (DataLoader, 2 workers)", "mnistlab": "mnistlab `notebook` preset"}
     for key in CONTENDERS:
@@ -335,9 +341,10 @@ def markdown(r: dict[str, Any]) -> str:
         rss = f"{c['peak_rss_mb']:.0f}"
         if "worker_peak_rss_mb" in c:
             rss += f" (+ workers {c['worker_peak_rss_mb']:.0f} each)"
-        lines.append(f"| {names[key]} | {c['seconds_per_epoch']:.2f} | {c['images_per_s']:.0f} | {rss} | "
+        lines.append(f"| {names[key]} | {trained_in[key]} | {c['seconds_per_epoch']:.2f} | {c['images_per_s']:.0f} | {rss} | "
                      f"{c['test_acc']:.2f} |")
-    lines += ["", f"Speedup: **{r['speedup']:.2f}x**.", "", *floor_markdown(r["floor"])]
+    lines += ["", f"Speedup: **{r['speedup']:.2f}x**. Test accuracies are evaluated in fp32.", "",
+              *floor_markdown(r["floor"])]
     f = r["fast"]
     lines += [
         "",
@@ -345,7 +352,8 @@ def markdown(r: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         f"| {', '.join(f'{a:.2f}' for a in f['test_accs'])} | {len(f['seeds'])} | {f['mean_test_acc']:.2f} | "
         f"{f['min_test_acc']:.2f} | {100 * f['frac_at_least_99']:.0f}% | {f['mean_train_seconds']:.2f} |",
-        "", f"Per seed: {', '.join(f'{t:.2f}' for t in f['train_seconds'])} s, after one untimed warm-up on "
+        "", f"`fast` trained in {trained_in['fast']}. Per seed: {', '.join(f'{t:.2f}' for t in f['train_seconds'])} s, "
+        "after one untimed warm-up on "
         f"{f['warmup_images']} images ({f['warmup_seconds']:.2f} s).",
     ]
     if "serve" in r:

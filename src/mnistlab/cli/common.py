@@ -57,7 +57,9 @@ def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False,
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="optimizer argument (repeatable)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     add_device_option(p)
-    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (default auto)")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],
+                   help="training precision (default auto: bf16 where the hardware computes it natively); "
+                        "evaluation is always fp32")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--cuda-graphs", action="store_true", default=None,
                    help="compile and replay the model's steps as CUDA graphs (mode reduce-overhead; CUDA only)")

@@ -31,7 +31,7 @@ from mnistlab.exercises.anatomy import inspect
 from mnistlab.experiments.compare import CompareResult, compare, save_state, states_equal
 from mnistlab.experiments.sweep import SweepResult, sweep
 from mnistlab.files.checkpoints import model_metadata
-from mnistlab.files.runs import environment, new_run_dir, write_json
+from mnistlab.files.runs import new_run_dir, read_json, write_json
 from mnistlab.presets import Config, resolve
 from mnistlab.tables import pct
 from mnistlab.training.run import TrainResult, init_weights, train
@@ -109,7 +109,7 @@ def _exercise1(r: LabResult, data_dir, quiet: bool) -> None:
     init = init_weights(r.config)
     save_state(init, r.config, ex1 / "initial.safetensors")
     r.step1 = train(config=r.config, out=ex1, data_dir=data_dir, quiet=quiet, init_state=init)
-    r.environment = environment(next(r.step1.model.parameters()).device)
+    r.environment = read_json(ex1 / "env.json")  # what step 1 ran on, its training precision included
     r.analysis, r.evaluation = analyse_run(ex1, data_dir)
 
 

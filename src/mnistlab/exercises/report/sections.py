@@ -201,6 +201,8 @@ def overview(r) -> Section:
               "95% interval of one accuracy over the images it is measured on (±0.27 pt at 98% over 10,000)."),
         ("list", [f"device: {env.get('device')} ({env.get('device_name')}), {env.get('torch_threads')} CPU threads",
                   f"torch {env.get('torch')}, python {env.get('python')}, mnistlab {env.get('mnistlab')}",
+                  f"training precision: {env.get('amp_dtype') or 'fp32'} (`--amp {cfg.amp}`); every test "
+                  "accuracy and loss is the weights evaluated in fp32",
                   f"training images: {r.train_images:,}; validation images: {cfg.val:,}; test images: 10,000; "
                   f"seed {cfg.seed}",
                   "wall time of the steps before this report: "
