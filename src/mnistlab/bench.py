@@ -357,8 +357,8 @@ def markdown(r: dict[str, Any]) -> str:
 
 def floor_markdown(fl: dict[str, Any]) -> list[str]:
     """The floor of the mnistlab step as a table, and the step's ratio to it."""
-    lines = [f"Floor of the mnistlab step ({fl['amp']}, batch {fl['batch_size']}, {fl['threads']} threads; each kernel "
-             "alone, the median of its calls):", "", "| kernel | shapes | ms |", "| --- | --- | ---: |"]
+    lines = [f"Floor of the mnistlab step ({fl['amp']}, batch {fl['batch_size']}, torch threads {fl['threads']}; "
+             "each kernel alone, the median of its calls):", "", "| kernel | shapes | ms |", "| --- | --- | ---: |"]
     lines += [f"| {name} | {fl['shapes'][name]} | {ms:.3f} |" for name, ms in fl["kernels"].items()]
     lines += [f"| **floor** | | **{fl['floor_ms']:.3f}** |", "",
               f"Step: {fl['step_ms']:.3f} ms (the epoch's wall time over its {fl['steps_per_epoch']} steps) = "
