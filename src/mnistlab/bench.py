@@ -306,7 +306,8 @@ def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=pri
     result: dict[str, Any] = {"machine": machine(opts.device), "options": vars(opts) | {"seeds": list(opts.seeds)}}
     t0 = time.perf_counter()
     result.update(compare(opts, log))
-    log(f"speedup {result['speedup']:.2f}x, step {result['floor']['ratio']:.2f}x its floor; fast preset, {len(opts.seeds)} seeds ...")
+    log(f"speedup {result['speedup']:.2f}x, step {result['floor']['ratio']:.2f}x its floor; "
+        f"fast preset, {len(opts.seeds)} seeds ...")
     result["fast"] = fast(opts)
     if serve:
         result["serve"] = bench_serve(model=opts.model_out, out_dir=out_dir, clients=8, seconds=opts.serve_seconds)
