@@ -39,7 +39,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="steps per variant per round (batches of 32)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--cpu-time", action="store_true", help="time.thread_time instead of wall time (1 thread)")
-    ap.add_argument("--variant", action="append", choices=list(VARIANTS), help="only these (repeatable; default all)")
+    ap.add_argument("--variant", action="append", choices=list(VARIANTS),
+                    help="only these (repeatable; default all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.cpu_time and args.threads != 1:
@@ -74,7 +75,7 @@ def main() -> None:
           f"{'CPU' if args.cpu_time else 'wall'} time; bf16 {native}\n")
     print("| variant | ms/step | floor (ms) | step / floor | vs fp32 |\n| --- | ---: | ---: | ---: | ---: |")
     base = step_ms.get("fp32", [float("nan")] * args.rounds)
-    for name, (amp, _) in variants.items():  # ratios: the median of the rounds' ratios (measured side by side)
+    for name, (amp, _) in variants.items():  # ratios: the median of the rounds' side-by-side ratios
         to_floor = statistics.median(s / f for s, f in zip(step_ms[name], floor_ms[amp], strict=True))
         to_fp32 = statistics.median(s / f for s, f in zip(step_ms[name], base, strict=True))
         print(f"| {name} | {statistics.median(step_ms[name]):.3f} | {statistics.median(floor_ms[amp]):.3f} | "

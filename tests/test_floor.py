@@ -21,9 +21,10 @@ def test_floor_of_the_notebook_step_in_fp32_leaves_the_model_alone():
     model = build_model("notebook")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fl = step_floor(model, adam, torch.rand(32, 1, 28, 28), None, reps=3, warmup=1)
-    assert list(fl["kernels"]) == ["conv1 forward", "conv1 backward", "d1 forward", "d1 grad-weight", "d1 grad-input",
-                                   "d2 forward", "d2 grad-weight", "d2 grad-input", "optimizer"]
-    assert fl["shapes"]["d1 grad-weight"] == "128x32 @ 32x21632" and fl["shapes"]["d1 grad-input"] == "32x128 @ 128x21632"
+    assert list(fl["kernels"]) == ["conv1 forward", "conv1 backward", "d1 forward", "d1 grad-weight",
+                                   "d1 grad-input", "d2 forward", "d2 grad-weight", "d2 grad-input", "optimizer"]
+    assert fl["shapes"]["d1 grad-weight"] == "128x32 @ 32x21632"
+    assert fl["shapes"]["d1 grad-input"] == "32x128 @ 128x21632"
     assert fl["shapes"]["conv1 backward"] == "32x1x28x28 -> 32x32x26x26"
     assert fl["shapes"]["optimizer"] == "Adam fused, 2,770,634 parameters"
     assert all(ms > 0 for ms in fl["kernels"].values()) and fl["floor_ms"] == sum(fl["kernels"].values())

@@ -311,7 +311,8 @@ def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=pri
     result: dict[str, Any] = {"machine": machine(opts.device), "options": vars(opts) | {"seeds": list(opts.seeds)}}
     t0 = time.perf_counter()
     result.update(compare(opts, log))
-    log(f"speedup {result['speedup']:.2f}x, step {result['floor']['ratio']:.2f}x its floor; fast preset, {len(opts.seeds)} seeds ...")
+    log(f"speedup {result['speedup']:.2f}x, step {result['floor']['ratio']:.2f}x its floor; "
+        f"fast preset, {len(opts.seeds)} seeds ...")
     result["fast"] = fast(opts)
     if serve:
         result["serve"] = bench_serve(model=opts.model_out, out_dir=out_dir, clients=8, seconds=opts.serve_seconds)
@@ -365,8 +366,8 @@ def markdown(r: dict[str, Any]) -> str:
 
 def floor_markdown(fl: dict[str, Any]) -> list[str]:
     """The floor of the mnistlab step as a table, and the step's ratio to it."""
-    lines = [f"Floor of the mnistlab step ({fl['amp']}, batch {fl['batch_size']}, {fl['threads']} threads; each kernel "
-             "alone, the median of its calls):", "", "| kernel | shapes | ms |", "| --- | --- | ---: |"]
+    lines = [f"Floor of the mnistlab step ({fl['amp']}, batch {fl['batch_size']}, torch threads {fl['threads']}; "
+             "each kernel alone, the median of its calls):", "", "| kernel | shapes | ms |", "| --- | --- | ---: |"]
     lines += [f"| {name} | {fl['shapes'][name]} | {ms:.3f} |" for name, ms in fl["kernels"].items()]
     lines += [f"| **floor** | | **{fl['floor_ms']:.3f}** |", "",
               f"Step: {fl['step_ms']:.3f} ms (the epoch's wall time over its {fl['steps_per_epoch']} steps) = "

@@ -23,13 +23,15 @@ class Bf16Weights(nn.Module):
     """`model` (as `.module`, like DDP), its dense weights of at least `min_numel` elements read from bf16
     copies in training forward passes under CPU bf16 autocast; any other call is `model`'s own forward."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, min_numel: int = MIN_NUMEL) -> None:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, min_numel: int = MIN_NUMEL
+                 ) -> None:
         super().__init__()
         self.module = model
         self.masters = {f"{name}.weight": m.weight for name, m in model.named_modules()
                         if isinstance(m, nn.Linear) and m.weight.numel() >= min_numel}
         # Plain tensors, not buffers: not part of any state_dict, nothing to save or load.
-        self.copies = {name: w.detach().to(torch.bfloat16).requires_grad_() for name, w in self.masters.items()}
+        self.copies = {name: w.detach().to(torch.bfloat16).requires_grad_()
+                       for name, w in self.masters.items()}
         self._hooks = [c.register_post_accumulate_grad_hook(lambda c, w=w: _to_master(c, w))
                        for c, w in zip(self.copies.values(), self.masters.values(), strict=True)]
         self._hooks.append(optimizer.register_step_post_hook(lambda *_: self.refresh()))

@@ -23,6 +23,8 @@ from torch import nn
 
 from mnistlab.training.device import autocast, cpu_training_mode
 
+MakeOptimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]  # parameters -> the step's optimizer
+
 
 @dataclass
 class Kernel:
@@ -83,7 +85,9 @@ def conv_kernels(name: str, m: nn.Conv2d, inp: LayerInput, amp: torch.dtype | No
         raise ValueError(f"{name}: the floor times zero-padded convolutions only, not {m.padding_mode!r}")
     x, w, b = _operands(m, inp.value, amp)
     conv = (m.stride, m.padding, m.dilation, m.groups)
-    leaves = [t.requires_grad_() for t in ([x] if inp.needs_grad else []) + [w] + ([b] if b is not None else [])]
+    leaves = ([x] if inp.needs_grad else []) + [w] + ([b] if b is not None else [])
+    for t in leaves:
+        t.requires_grad_()
     y = F.conv2d(x, w, b, *conv)
     g = torch.randn_like(y)
     shapes = f"{'x'.join(map(str, x.shape))} -> {'x'.join(map(str, y.shape))}"
@@ -92,8 +96,7 @@ def conv_kernels(name: str, m: nn.Conv2d, inp: LayerInput, amp: torch.dtype | No
             f"{name} backward": Kernel(shapes, lambda: torch.autograd.grad(y, leaves, g, retain_graph=True))}
 
 
-def optimizer_kernel(model: nn.Module, make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-                     ) -> Kernel:
+def optimizer_kernel(model: nn.Module, make_optimizer: MakeOptimizer) -> Kernel:
     """`optimizer.step()` over a copy of the model's parameters, gradients in place."""
     params = [p.detach().clone().requires_grad_() for p in model.parameters()]
     for p in params:
@@ -124,8 +127,8 @@ def time_kernels(kernels: dict[str, Kernel], device: torch.device, *, reps: int,
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
-def step_kernels(model: nn.Module, make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
-                 x: torch.Tensor, amp: torch.dtype | None) -> dict[str, Kernel]:
+def step_kernels(model: nn.Module, make_optimizer: MakeOptimizer, x: torch.Tensor,
+                 amp: torch.dtype | None) -> dict[str, Kernel]:
     """The kernels of one training step of (a copy of) `model` on the batch `x`, "optimizer" last."""
     model = copy.deepcopy(model).train()
     kernels: dict[str, Kernel] = {}
@@ -137,8 +140,8 @@ def step_kernels(model: nn.Module, make_optimizer: Callable[[Iterable[nn.Paramet
     return kernels
 
 
-def step_floor(model: nn.Module, make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
-               x: torch.Tensor, amp: torch.dtype | None, *, reps: int = 100, warmup: int = 10) -> dict[str, object]:
+def step_floor(model: nn.Module, make_optimizer: MakeOptimizer, x: torch.Tensor, amp: torch.dtype | None, *,
+               reps: int = 100, warmup: int = 10) -> dict[str, object]:
     """The floor of a training step of `model` on the batch `x` in precision `amp` (None = the weights'):
     `kernels` (name -> median ms), `shapes` (name -> what it computes), `floor_ms` (their sum). `model` is
     left untouched: the kernels run on copies."""
