@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from mnistlab.engine import amp_dtype, amp_name, cpu_supports_bf16
 
 from mnistlab.bench import NotebookMNIST, markdown
 from mnistlab.cli import main
 from mnistlab.data import load_split
+from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16
 
 
 def test_notebook_dataset_matches_totensor(mnist_dir):
