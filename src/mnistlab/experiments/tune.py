@@ -228,7 +228,8 @@ def objective(trial: optuna.Trial, s: Settings, admission: Admission) -> float:
     """Train one sampled configuration into `<out>/trial-NNNN`; its final validation accuracy.
 
     A retry of a failed trial (Optuna's `failed_trial` system attribute) continues from the failed trial's
-    checkpoint when this machine has it. A pruned trial raises optuna.TrialPruned after its last epoch.
+    checkpoint when this machine has it. A pruned trial raises optuna.TrialPruned once the epoch the
+    pruner stopped it at is written.
     """
     admission.release()  # this trial exists: other workers may start theirs
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
