@@ -24,7 +24,8 @@ def test_the_same_seed_gives_the_same_curve(mnist_dir):
     other = lr_find("notebook", seed=1, data_dir=mnist_dir, **SMALL)
     assert other.losses != a.losses  # another seed: other initial weights and batches
     assert min(a.smoothed) < a.smoothed[0] - 0.3  # the loss did fall somewhere along the ramp
-    assert a.suggestion == float(f"{a.min_loss_lr / 10:.2g}")
+    assert a.rule == "steepest" and a.suggestion == float(f"{a.steepest_lr:.2g}")  # a constant rate
+    assert a.steepest_lr < a.min_loss_lr
 
 
 def test_divergence_ends_the_ramp(mnist_dir):
@@ -37,9 +38,12 @@ def test_the_suggestion_rule():
     lrs = [10 ** (-6 + i / 10) for i in range(61)]  # 1e-6 .. 1
     curve = [2.3 - 2.0 / (1 + math.exp(-4 * (math.log10(lr) + 3.5))) + 0.5 * max(0.0, math.log10(lr) + 2) ** 2
              for lr in lrs]  # falls most steeply at 10^-3.5, lowest near 1e-2, rises after
-    suggestion, low, steep = suggest(lrs, curve)
-    assert low == pytest.approx(1e-2) and suggestion == 1e-3
-    assert 10 ** -3.7 < steep < 10 ** -3.3
+    suggestion, rule, low, steep = suggest(lrs, curve)  # a constant rate: the steepest fall
+    assert low == pytest.approx(1e-2) and 10 ** -3.7 < steep < 10 ** -3.3
+    assert rule == "steepest" and suggestion == float(f"{steep:.2g}")
+    for schedule in ("onecycle", "cosine"):  # a peak rate: the minimum / 10
+        assert suggest(lrs, curve, schedule) == (1e-3, "minimum/10", low, steep)
+    assert suggest(lrs, curve, "step")[1] == "steepest"
     with pytest.raises(ConfigError, match="0 < start_lr < end_lr"):
         lr_find("notebook", start_lr=1.0, end_lr=0.1, write=False)
 
@@ -50,7 +54,8 @@ def test_cli_lr_find_and_train_lr_find(cli, mnist_dir, tmp_path):
                          "--end-lr", "1", *data, "--out", str(tmp_path / "find"))
     assert code == 0, err
     found = json.loads((tmp_path / "find/lr_find.json").read_text())
-    assert f"suggested learning rate {found['suggestion']:.3g}: the rate at the smoothed loss's minimum" in out
+    assert f"suggested learning rate {found['suggestion']:.3g}: the steepest fall of the smoothed loss" in out
+    assert found["rule"] == "steepest" and found["suggestion"] == float(f"{found['steepest_lr']:.2g}")
     assert found["config"]["subset"] == 2000 and found["steps_run"] == 40 and len(found["losses"]) == 40
     assert (tmp_path / "find/lr_find.png").stat().st_size > 0
 

@@ -11,8 +11,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lr-find", help="learning-rate range test: the loss against an exponential lr ramp",
                        description="Train the preset from its seeded initial weights while the learning rate "
                                    "grows exponentially, one rate per step, until the ramp ends or the smoothed "
-                                   "loss diverges; writes lr_find.png and lr_find.json and suggests the rate at "
-                                   "the smoothed loss's minimum divided by 10. Uses the training images only.")
+                                   "loss diverges; writes lr_find.png and lr_find.json and suggests a rate: the "
+                                   "steepest fall of the smoothed loss for a constant rate, its minimum / 10 for "
+                                   "a one-cycle or cosine peak. Uses the training images only.")
     add_training_options(p, sweepable=True)
     p.add_argument("--batch-size", type=positive_int, help="global batch size (default: the preset's)")
     p.add_argument("--steps", type=positive_int, default=300, help="length of the ramp in steps (default 300)")

@@ -5,14 +5,14 @@ answers notebook whose every number comes from the runs made here.
       exercise1/   inspect.json, the notebook preset's run (metrics.csv, model.safetensors, initial.safetensors),
                    accuracy.csv/json (Q7), analysis.json (Q6), curves.png, confusion.png, mistakes.png
       exercise2/   the sweep: sweep.csv, sweep.json, sweep.png, one run directory per trained setting
-
-Every step shares one split: the last `val` training images are held out as validation and every choice
-(question 6, Exercise 2's setting) is made on them; the test set is only reported. Exercise 1's run is then the
-run Exercise 2 continues (question 6's direct evidence) and Exercise 3 reuses.
       exercise3/   the comparison: compare.csv/md/json, compare.png, initial.safetensors, one run per optimizer
       exercise4/   the model saved three ways, exercise4.json (reloaded predictions vs originals), samples.png
       quirks/      the double-softmax run and quirks.json (the notebook's two quirks, measured)
       report.md, report.html (self-contained), lab_answers.ipynb, summary.json
+
+Every step shares one split: the last `val` training images are held out as validation and every choice
+(question 6, Exercise 2's setting) is made on them; the test set is only reported. Exercise 1's run is then the
+run Exercise 2 continues (question 6's direct evidence) and Exercise 3 reuses.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class SweepResult:
 
 
 def describe(row: dict[str, Any]) -> str:
-    """"lr=0.002 batch=32, 8 epochs" (with early stopping: "..., up to 8 epochs, model of epoch 5")."""
+    """"lr=0.002 batch=32, 8 epochs"; with early stopping "lr=0.002 batch=32, up to 8 epochs (model of epoch 5)"."""
     if row["model_epoch"] != row["epochs"]:
         return f"{row['label']}, up to {row['epochs']} epochs (model of epoch {row['model_epoch']})"
     return f"{row['label']}, {row['epochs']} epochs"

@@ -9,6 +9,7 @@ from typing import Any
 
 from mnistlab.exercises.analysis import NAMES
 from mnistlab.exercises.report.blocks import Block, Section
+from mnistlab.stats import accuracy_halfwidth
 from mnistlab.tables import pct, pts
 
 LAYER_COLUMNS = ["name", "type", "input_shape", "output_shape", "units", "activation", "kernel_size", "stride",
@@ -198,7 +199,8 @@ def overview(r) -> Section:
               f"{r.train_images:,} images where the notebook uses all 60,000: that lets Exercise 2 continue "
               "Exercise 1's very run (question 6's direct evidence) and Exercise 3 reuse it, every step judged on "
               "the same held-out images. A difference is called real only when it is larger than the noise: the "
-              "95% interval of one accuracy over the images it is measured on (±0.27 pt at 98% over 10,000)."),
+              "95% interval of one accuracy over the images it is measured on "
+              f"(±{accuracy_halfwidth(98.0, 10_000):.2f} pt at 98% over 10,000)."),
         ("list", [f"device: {env.get('device')} ({env.get('device_name')}), {env.get('torch_threads')} CPU threads",
                   f"torch {env.get('torch')}, python {env.get('python')}, mnistlab {env.get('mnistlab')}",
                   f"training precision: {env.get('amp_dtype') or 'fp32'} (`--amp {cfg.amp}`); every test "
