@@ -4,12 +4,15 @@
 
 Variants: fp32; bf16 autocast as plain autocast runs it (every forward casts the weights, every backward
 casts their gradients back); bf16 autocast with the bf16 weight copies `mnistlab train` uses
-(training.bf16). Each has its own model and optimizer (same seed, same batches) and trains `--steps` steps of
-the engine per round, the variants taking turns round by round; each round also times the floor's kernels
-(training.floor) in both precisions. Prints one Markdown row per variant: median ms per step, its floor, and
-the median over rounds of the step's ratio to its floor and to the fp32 step of the same round. On a CPU
-without native bf16 (AVX512-BF16 or AMX) bf16 is emulated and its rows measure nothing. `--cpu-time` (with
-`--threads 1`) counts this process's CPU time instead of wall time, which drifts less on a shared machine.
+(training.bf16); fp32 tensors with oneDNN computing the matmuls and convolutions in bf16 (bf16 inputs, fp32
+accumulation and output: no conversion passes, no bf16 gradients; `torch.backends.mkldnn.*.fp32_precision`).
+Each has its own model and optimizer (same seed, same batches) and trains `--steps` steps of the engine per
+round, the variants taking turns round by round; each round also times the variant's floor (training.floor,
+in its precision). Prints one Markdown row per variant: median ms per step, its floor, and the median over
+rounds of the step's ratio to its floor and to the fp32 step of the same round. On a CPU without native bf16
+(AVX512-BF16 or AMX) the autocast rows time bf16's emulation and the oneDNN row is fp32 again: only the fp32
+row means anything there. `--cpu-time` (with `--threads 1`) counts this process's CPU time instead of wall
+time, which drifts less on a shared machine.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -29,8 +35,37 @@ from mnistlab.training.optim import make_optimizer
 from mnistlab.training.run import build, load_data
 
 CPU = torch.device("cpu")
-VARIANTS = {"fp32": (None, False), "bf16 autocast": (torch.bfloat16, False),
-            "bf16 autocast + bf16 weight copies": (torch.bfloat16, True)}
+
+
+@dataclass(frozen=True)
+class Variant:
+    amp: torch.dtype | None = None  # autocast dtype
+    copies: bool = False  # bf16 weight copies (training.bf16)
+    onednn_bf16: bool = False  # fp32 tensors, oneDNN's matmuls and convolutions computing in bf16
+
+
+VARIANTS = {
+    "fp32": Variant(),
+    "bf16 autocast": Variant(torch.bfloat16),
+    "bf16 autocast + bf16 weight copies": Variant(torch.bfloat16, copies=True),
+    "fp32, oneDNN bf16 products": Variant(onednn_bf16=True),
+}
+
+
+@contextmanager
+def onednn_precision(v: Variant) -> Iterator[None]:
+    """fp32 matmuls and convolutions computed by oneDNN in bf16 (bf16 inputs, fp32 accumulation and output)
+    while `v.onednn_bf16`; torch applies it only where the CPU has native bf16, else they stay fp32."""
+    if not v.onednn_bf16:
+        yield
+        return
+    mm, conv = torch.backends.mkldnn.matmul, torch.backends.mkldnn.conv
+    saved = mm.fp32_precision, conv.fp32_precision
+    mm.fp32_precision = conv.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        mm.fp32_precision, conv.fp32_precision = saved
 
 
 def main() -> None:
@@ -48,37 +83,37 @@ def main() -> None:
     clock = time.thread_time if args.cpu_time else time.perf_counter
     cfg = resolve("notebook", subset=32 * args.steps, device="cpu")
     data = load_data(cfg, CPU)
+    x, _ = data.train.batch(data.train.shard(1)[0][0])
     variants = {name: VARIANTS[name] for name in args.variant or VARIANTS}
-    runs = {}
-    for name, (amp, copies) in variants.items():
+    runs, kernels = {}, {}
+    for name, v in variants.items():
         model = build(cfg, CPU)
         opt = make_optimizer(cfg, model.parameters(), CPU)
-        runs[name] = (bf16_weights(model, opt, CPU, amp) if copies else model, opt, StepOptions(amp=amp))
-    x, _ = data.train.batch(data.train.shard(1)[0][0])
-    first = next(iter(runs.values()))[0]
-    kernels = {amp: step_kernels(first, lambda p: make_optimizer(cfg, p, CPU), x, amp)
-               for amp in {amp for amp, _ in variants.values()}}
+        runs[name] = (bf16_weights(model, opt, CPU, v.amp) if v.copies else model, opt, StepOptions(amp=v.amp))
+        kernels[name] = step_kernels(model, lambda p: make_optimizer(cfg, p, CPU), x, v.amp)
     step_ms: dict[str, list[float]] = {name: [] for name in runs}
-    floor_ms: dict[torch.dtype | None, list[float]] = {amp: [] for amp in kernels}
+    floor_ms: dict[str, list[float]] = {name: [] for name in runs}
     with cpu_training_mode(CPU):
-        for net, opt, step in runs.values():  # warm-up: kernel selection, the allocator's first growth
-            train_epoch(net, opt, data.train, 0, None, step, [])
+        for name, (net, opt, step) in runs.items():  # warm-up: kernel selection, the allocator's first growth
+            with onednn_precision(variants[name]):
+                train_epoch(net, opt, data.train, 0, None, step, [])
         for r in range(1, args.rounds + 1):
             for name, (net, opt, step) in runs.items():
-                t0 = clock()
-                train_epoch(net, opt, data.train, r, None, step, [])
-                step_ms[name].append(1e3 * (clock() - t0) / len(data.train))
-            for amp, ks in kernels.items():
-                floor_ms[amp].append(sum(time_kernels(ks, CPU, reps=10, warmup=1, clock=clock).values()))
-    native = "native" if cpu_supports_bf16() else "EMULATED (the bf16 rows measure nothing)"
+                with onednn_precision(variants[name]):
+                    t0 = clock()
+                    train_epoch(net, opt, data.train, r, None, step, [])
+                    step_ms[name].append(1e3 * (clock() - t0) / len(data.train))
+                    floor = time_kernels(kernels[name], CPU, reps=10, warmup=1, clock=clock)
+                floor_ms[name].append(sum(floor.values()))
+    native = "native" if cpu_supports_bf16() else "NOT native: bf16 autocast is emulated, oneDNN stays fp32"
     print(f"{args.rounds} rounds of {args.steps} steps, {args.threads} threads, "
           f"{'CPU' if args.cpu_time else 'wall'} time; bf16 {native}\n")
     print("| variant | ms/step | floor (ms) | step / floor | vs fp32 |\n| --- | ---: | ---: | ---: | ---: |")
     base = step_ms.get("fp32", [float("nan")] * args.rounds)
-    for name, (amp, _) in variants.items():  # ratios: the median of the rounds' side-by-side ratios
-        to_floor = statistics.median(s / f for s, f in zip(step_ms[name], floor_ms[amp], strict=True))
+    for name in variants:  # ratios: the median of the rounds' side-by-side ratios
+        to_floor = statistics.median(s / f for s, f in zip(step_ms[name], floor_ms[name], strict=True))
         to_fp32 = statistics.median(s / f for s, f in zip(step_ms[name], base, strict=True))
-        print(f"| {name} | {statistics.median(step_ms[name]):.3f} | {statistics.median(floor_ms[amp]):.3f} | "
+        print(f"| {name} | {statistics.median(step_ms[name]):.3f} | {statistics.median(floor_ms[name]):.3f} | "
               f"{to_floor:.2f}x | {to_fp32:.2f}x |")
 
 
