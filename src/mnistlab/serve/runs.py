@@ -157,7 +157,7 @@ class RunsRoot:
             "dataset": _text(cfg.get("dataset")), "epochs": done, "planned_epochs": planned,
             "optimizer": _text(cfg.get("optimizer")), "lr": _number(opt_args.get("lr")),
             "batch_size": _int(cfg.get("batch_size")),
-            "precision": _text(env_value.get("amp_dtype")) or ("fp32" if "amp_dtype" in env_value else _text(cfg.get("amp"))),
+            "precision": precision_of(env_value, cfg),
             "device": _text(env_value.get("device")),
             **_accuracies(rows),
             "seconds": round(sum(_number(r.get("seconds")) or 0.0 for r in rows)
@@ -232,6 +232,13 @@ def _int(value: Any) -> int | None:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def precision_of(env: dict[str, Any], cfg: dict[str, Any]) -> str | None:
+    """What a run trained in: env.json's `amp_dtype` (null means fp32), else the `--amp` it was asked for."""
+    if "amp_dtype" in env:
+        return _text(env["amp_dtype"]) or "fp32"
+    return _text(cfg.get("amp"))
 
 
 def _mtime(path: Path | None) -> float:

@@ -132,7 +132,7 @@ def train(
         cfg = config if config is not None else resolve(preset, **overrides)
     env = distributed.setup(cfg.device)  # the group is left at exit: a later train() reuses it
     rank = set_up(cfg, env, resume, data_dir, init_state)
-    net = wrap(rank.model, cfg, env, rank.device, rank.optimizer)
+    net = wrap(rank, cfg, env)
     run_dir = None
     if write_run and env.is_main:  # one writer
         run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
@@ -144,8 +144,8 @@ def train(
         print(f"resuming {resume} after epoch {rank.start_epoch}/{cfg.epochs}{done}", flush=True)
     history = fit(
         net, rank.optimizer, rank.data.train, rank.data.evals,
-        epochs=rank.start_epoch if stopped else cfg.epochs, start_epoch=rank.start_epoch, scheduler=rank.scheduler,
-        schedule_per_step=rank.schedule_per_step, step=step_options(cfg, rank.device), callbacks=cbs,
+        epochs=rank.start_epoch if stopped else cfg.epochs, start_epoch=rank.start_epoch,
+        scheduler=rank.scheduler, schedule_per_step=rank.schedule_per_step, step=step_options(cfg, rank.amp), callbacks=cbs,
         history=rank.history, eval_model=rank.averager.for_eval if rank.averager else None,
     )
     final = rank.model if rank.averager is None else rank.averager.average.module  # what was evaluated
@@ -194,6 +194,7 @@ class RankState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     schedule_per_step: bool
+    amp: torch.dtype | None  # the autocast dtype training runs under; None: fp32
     history: list[EpochMetrics] = field(default_factory=list)
     start_epoch: int = 0
     averager: WeightAverage | None = None
@@ -221,10 +222,11 @@ def set_up(cfg: Config, env: distributed.DistEnv, resume: str | Path | None, dat
             model.load_state_dict(init_state)
         optimizer = make_optimizer(cfg, model.parameters(), device)
         scheduler, per_step = make_scheduler(cfg, optimizer, len(data.train))
-        rank = RankState(device, data, model, optimizer, scheduler, per_step)
+        rank = RankState(device, data, model, optimizer, scheduler, per_step, amp_dtype(cfg.amp, device))
         rank.averager = WeightAverage(model, cfg.ema, data.train) if cfg.ema else None
         if cfg.early_stop:  # watches (and keeps the best of) the weights that are evaluated
-            rank.stopper = EarlyStopping(cfg.early_stop, model if rank.averager is None else rank.averager.average.module)
+            evaluated = model if rank.averager is None else rank.averager.average.module
+            rank.stopper = EarlyStopping(cfg.early_stop, evaluated)
         if ckpt is not None:
             restore(rank, ckpt, reseed=not env.active)  # DDP ranks reseed every epoch (distributed.RankSeed)
     except Exception as e:  # noqa: BLE001 - re-raised by agree, after telling the other ranks
@@ -253,19 +255,19 @@ def restore(rank: RankState, ckpt: dict[str, Any], reseed: bool) -> None:
         rank.stopper.load_state_dict(ckpt["early_stop"])
 
 
-def wrap(model: nn.Module, cfg: Config, env: distributed.DistEnv, device: torch.device,
-         optimizer: torch.optim.Optimizer) -> nn.Module:
+def wrap(rank: RankState, cfg: Config, env: distributed.DistEnv) -> nn.Module:
     """Phase 2: what the loop trains: SyncBatchNorm under nccl, torch.compile, DDP, or under CPU bf16
-    autocast bf16 copies of the large dense weights (`bf16_weights`). The wrappers share `model`'s
-    parameters, so `model` itself is what gets saved."""
-    net = model
+    autocast bf16 copies of the large dense weights (`bf16_weights`). The wrappers share the model's
+    parameters, so `rank.model` itself is what gets saved."""
+    net, device = rank.model, rank.device
     if env.backend == "nccl":  # batch statistics over the global batch (SyncBatchNorm is CUDA-only)
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if cfg.compile or cfg.cuda_graphs:
         net = torch.compile(net, mode="reduce-overhead" if cfg.cuda_graphs else None)
     if env.active:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    return bf16_weights(net, optimizer, device, amp_dtype(cfg.amp, device))
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+    return bf16_weights(net, rank.optimizer, device, rank.amp)
 
 
 def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_dir: Path | None, quiet: bool,
@@ -274,7 +276,7 @@ def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_di
     the caller's, early stopping, and last the run directory's writer (`run_dir`: only the main rank writes)."""
     cbs: list[Callback] = []
     if env.is_main and not quiet:
-        print(describe_precision(cfg.amp, amp_dtype(cfg.amp, rank.device), rank.device), flush=True)
+        print(describe_precision(cfg.amp, rank.amp, rank.device), flush=True)
         cbs.append(Progress(cfg.epochs))
     if env.active:
         cbs.append(distributed.RankSeed(cfg.seed, env.rank))
@@ -286,7 +288,7 @@ def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_di
     if run_dir is not None:
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
-        precision = amp_name(amp_dtype(cfg.amp, rank.device))  # what "auto" chose; None: fp32
+        precision = amp_name(rank.amp)  # what "auto" chose; None: fp32
         write_json(run_dir / "env.json", environment(rank.device, env.world_size, env.backend, precision,
                                                      cpu_supports_bf16()))
         board = tensorboard.open_logger(run_dir, cfg, precision or "fp32", rank.history)
@@ -299,10 +301,10 @@ def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_di
     return cbs
 
 
-def step_options(cfg: Config, device: torch.device) -> StepOptions:
-    """How each step of this Config runs on `device` (autocast dtype, loss, augmentation, CUDA graphs)."""
-    return StepOptions(amp=amp_dtype(cfg.amp, device), label_smoothing=cfg.label_smoothing,
-                       double_softmax=cfg.double_softmax, augment=augmenter(cfg), cuda_graphs=cfg.cuda_graphs)
+def step_options(cfg: Config, amp: torch.dtype | None) -> StepOptions:
+    """How each step of this Config runs (autocast dtype `amp`, loss, augmentation, CUDA graphs)."""
+    return StepOptions(amp=amp, label_smoothing=cfg.label_smoothing, double_softmax=cfg.double_softmax,
+                       augment=augmenter(cfg), cuda_graphs=cfg.cuda_graphs)
 
 
 def init_weights(cfg: Config) -> dict[str, torch.Tensor]:
