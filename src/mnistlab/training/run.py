@@ -139,9 +139,11 @@ def train(
     cbs = run_callbacks(rank, cfg, env, run_dir, quiet, callbacks)
     stopped = rank.stopper is not None and rank.stopper.stopped_epoch is not None
     if resume is not None and env.is_main and not quiet:
-        done = ("; stopped early, nothing to do" if stopped else
-                "; nothing to do" if rank.start_epoch >= cfg.epochs else "")
-        print(f"resuming {resume} after epoch {rank.start_epoch}/{cfg.epochs}{done}", flush=True)
+        if stopped:
+            print(f"{resume}: stopped early after epoch {rank.stopper.stopped_epoch}; nothing to do", flush=True)
+        else:
+            done = "; nothing to do" if rank.start_epoch >= cfg.epochs else ""
+            print(f"resuming {resume} after epoch {rank.start_epoch}/{cfg.epochs}{done}", flush=True)
     history = fit(
         net, rank.optimizer, rank.data.train, rank.data.evals,
         epochs=rank.start_epoch if stopped else cfg.epochs, start_epoch=rank.start_epoch,
