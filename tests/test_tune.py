@@ -277,3 +277,32 @@ def test_two_commands_share_a_postgresql_study_and_survive_a_killed_worker(cli, 
         _, stderr = w.communicate(timeout=600)
         assert w.returncode == (-signal.SIGKILL if w.pid == pid else 0), stderr
     check_study("kill", postgres_url, 2, killed)
+
+
+def _open_after(barrier, url: str) -> None:
+    from mnistlab.experiments.study import open_storage
+    barrier.wait()
+    open_storage(url, heartbeat=5)
+
+
+def test_workers_started_at_once_on_an_empty_database_all_open_it(postgres_url):
+    """Every worker creates the storage's missing tables; started together on an empty database they would
+    collide in CREATE TABLE without the schema lock."""
+    import multiprocessing
+
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE empty_at_start")
+    url = postgres_url.rsplit("/", 1)[0] + "/empty_at_start"
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(6)
+    workers = [ctx.Process(target=_open_after, args=(barrier, url)) for _ in range(6)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    assert [w.exitcode for w in workers] == [0] * 6
+    with psycopg.connect(url) as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert {"studies", "trials", "trial_heartbeats"} <= tables

@@ -11,7 +11,8 @@ adds them to the journal file as trial system attributes.
 
 Admission: a worker counts the study's trials and asks for a new one under a lock (a file lock beside a
 journal or SQLite file, a PostgreSQL advisory lock), so that several workers together start exactly the
-number of trials asked for.
+number of trials asked for. The same lock is held while a database storage creates its tables, so workers
+started at once on an empty database do not both issue CREATE TABLE.
 """
 
 from __future__ import annotations
@@ -110,8 +111,14 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
     if url.startswith("postgresql://"):
         engine_url = "postgresql+psycopg://" + url[len("postgresql://"):]
     try:
-        return RDBStorage(engine_url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                          heartbeat_stale_trial_callback=retry)
+        engine = sqlalchemy.create_engine(engine_url, poolclass=sqlalchemy.pool.NullPool)
+        # RDBStorage creates any missing table; two workers doing that at once on an empty PostgreSQL database
+        # collide ("duplicate key value violates unique constraint pg_type_typname_nsp_index").
+        with exclusive(url, "schema", engine):
+            storage = RDBStorage(engine_url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                                 heartbeat_stale_trial_callback=retry)
+        engine.dispose()
+        return storage
     except ImportError:
         raise ConfigError(f"--storage {url}: its database driver is not installed; "
                           "pip install 'mnistlab[tune]'") from None
@@ -120,41 +127,49 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
         raise ConfigError(f"--storage {url}: {first}") from None
 
 
-# ---------------------------------------------------------------- admission
+# ---------------------------------------------------------------- locks shared by the workers
+@contextlib.contextmanager
+def exclusive(url: str, name: str, engine: sqlalchemy.Engine | None = None) -> Iterator[None]:
+    """Held by one worker of the storage at `url` at a time: a PostgreSQL advisory lock keyed by `name`
+    (through `engine`), or a file lock beside a journal or SQLite file (the workers share its file system)."""
+    if engine is not None and engine.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"mnistlab-tune:{name}".encode()).digest()[:8], "big", signed=True)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+        return
+    path = url if is_journal(url) else url[len("sqlite:///"):]
+    with open(f"{path}.admission.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Admission:
     """A lock shared by every worker of one study, held while a worker counts trials and starts one."""
 
     def __init__(self, url: str, storage: optuna.storages.BaseStorage, study: str) -> None:
         self.url, self.storage, self.study = url, storage, study
-        self._release: Callable[[], None] | None = None
+        self._held: contextlib.ExitStack | None = None
 
     def acquire(self) -> None:
-        if isinstance(self.storage, RDBStorage) and self.storage.engine.dialect.name == "postgresql":
-            key = int.from_bytes(hashlib.sha256(f"mnistlab-tune:{self.study}".encode()).digest()[:8], "big",
-                                 signed=True)
-            conn = self.storage.engine.connect()
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            conn.commit()
-
-            def release() -> None:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
-                conn.close()
-        else:  # a journal or SQLite file: the workers share its file system
-            path = self.url if is_journal(self.url) else self.url[len("sqlite:///"):]
-            f = open(f"{path}.admission.lock", "a")  # noqa: SIM115 - closed by release()
-            fcntl.flock(f, fcntl.LOCK_EX)
-
-            def release() -> None:
-                fcntl.flock(f, fcntl.LOCK_UN)
-                f.close()
-        self._release = release
+        engine = self.storage.engine if isinstance(self.storage, RDBStorage) else None
+        held = contextlib.ExitStack()
+        held.enter_context(exclusive(self.url, f"study:{self.study}", engine))
+        self._held = held
 
     def release(self) -> None:
         """Idempotent: the objective releases the lock as soon as its trial exists."""
-        if self._release is not None:
-            release, self._release = self._release, None
-            release()
+        if self._held is not None:
+            held, self._held = self._held, None
+            held.close()
 
     @contextlib.contextmanager
     def held(self) -> Iterator[Admission]:
