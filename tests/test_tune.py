@@ -30,6 +30,8 @@ from mnistlab.files.checkpoints import load_checkpoint
 from mnistlab.files.runs import read_json, read_metrics
 from mnistlab.presets import Config
 from mnistlab.training.run import train
+from mnistlab.use.evaluate import evaluate_model
+from mnistlab.use.predict import load_model
 
 # A tiny budget: 800 training images in batches of 100, 200 validation images, one CPU thread per worker.
 # Heartbeats every 3 s: a killed worker's trial is failed after 6 s, while a live worker on a busy machine is
@@ -117,6 +119,24 @@ def test_pruned_trials_stop_at_once_and_are_recorded_pruned(mnist_dir, tmp_path)
         assert cfg["description"].startswith(f"tune study notebook, trial {t.number}: lr=")
 
 
+def test_with_early_stopping_a_trial_is_scored_by_its_saved_model(mnist_dir, tmp_path):
+    """--early-stop keeps the best epoch's weights: the trial's value and test accuracy are that epoch's (what
+    `mnistlab evaluate` gives for its model.safetensors), not the last epoch's."""
+    result = tune("notebook", ["lr=1e-3,2e-3,4e-3"], sampler="grid", pruner="none", out=tmp_path / "study",
+                  epochs=6, early_stop=1, data_dir=mnist_dir, quiet=True, **SMALL_KW)
+    stopped = 0
+    for t in result.trials:
+        run = Path(t.user_attrs["run_dir"])
+        history = read_metrics(run)
+        vals = [r["val_acc"] for r in history]
+        best = vals.index(max(vals))
+        stopped += len(history) < 6
+        assert t.value == vals[best] and t.user_attrs["test_acc"] == history[best]["test_acc"]
+        assert evaluate_model(load_model(run / "model.safetensors"), "test", mnist_dir)["accuracy"] == \
+            t.user_attrs["test_acc"]
+    assert stopped > 0  # at least one trial's last epoch is not its model's
+
+
 # ---------------------------------------------------------------- workers sharing a study, one killed
 def rows(run: Path) -> list[dict]:
     return read_metrics(run) if (run / "metrics.jsonl").exists() else []
@@ -186,8 +206,8 @@ def check_report(cli, study: str, storage: list[str], out: Path, trials: list, m
         again = train(config=cfg, data_dir=mnist_dir, quiet=True, write_run=False)
     finally:
         torch.set_num_threads(threads)
-    assert again.history[-1]["val_acc"] == best.value
-    assert again.history[-1]["test_acc"] == best.user_attrs["test_acc"]
+    assert again.history[again.model_epoch - 1]["val_acc"] == best.value
+    assert again.test_acc == best.user_attrs["test_acc"]
 
 
 def tune_cmd(*args: str) -> list[str]:

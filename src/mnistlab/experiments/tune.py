@@ -245,12 +245,12 @@ def objective(trial: optuna.Trial, s: Settings, admission: Admission) -> float:
     if (failed := retried_from(frozen)) is not None and (trial_dir(s.out, failed) / "checkpoint.pt").exists():
         source = trial_dir(s.out, failed)
         pruning.report(read_metrics(source))
-    history = run_trial(cfg, run_dir, source=source, callbacks=(pruning,), data_dir=s.data_dir,
-                        quiet=True).history
+    result = run_trial(cfg, run_dir, source=source, callbacks=(pruning,), data_dir=s.data_dir, quiet=True)
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
-    trial.set_user_attr("test_acc", history[-1]["test_acc"])
-    return history[-1]["val_acc"]
+    saved = result.history[result.model_epoch - 1]  # with --early-stop, the best epoch's: the saved model's
+    trial.set_user_attr("test_acc", saved["test_acc"])
+    return saved["val_acc"]
 
 
 def _announce(study: optuna.Study, t: FrozenTrial) -> None:
@@ -258,6 +258,7 @@ def _announce(study: optuna.Study, t: FrozenTrial) -> None:
     vals = [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
     how = {TrialState.COMPLETE: f"complete after {len(vals)} epoch{'s' * (len(vals) != 1)}",
            TrialState.PRUNED: f"pruned after epoch {len(vals)}"}.get(t.state, t.state.name.lower())
-    val = f": validation {pct(vals[-1])}" if vals else ""
+    value = t.value if t.state == TrialState.COMPLETE else vals[-1] if vals else None
+    val = f": validation {pct(value)}" if value is not None else ""
     seconds = t.duration.total_seconds() if t.duration else 0.0
     print(f"[tune {study.study_name}] trial {t.number} {how}{val} ({params}) {seconds:.0f}s", flush=True)
