@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -104,8 +105,10 @@ def test_pruned_trials_stop_at_once_and_are_recorded_pruned(mnist_dir, tmp_path)
     """A pruner that prunes everything (accuracy below 100%): each 3-epoch trial stops after epoch 1. The grid
     sampler gives one trial per listed learning rate."""
     out = tmp_path / "study"
+    level, filters = optuna.logging.get_verbosity(), list(warnings.filters)
     result = tune("notebook", ["lr=1e-3,2e-3"], sampler="grid", pruner=optuna.pruners.ThresholdPruner(lower=100.0),
                   out=out, epochs=3, data_dir=mnist_dir, quiet=True, **SMALL_KW)
+    assert (optuna.logging.get_verbosity(), warnings.filters) == (level, filters)  # the caller's, untouched
     assert [t.state for t in result.trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert sorted(t.params["lr"] for t in result.trials) == [1e-3, 2e-3] and result.best is None
     for t in result.trials:

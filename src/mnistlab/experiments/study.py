@@ -43,12 +43,20 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 
-def quiet_optuna() -> None:
-    """Optuna's log off but for errors (tune prints its own lines per trial, and a failed trial's error once,
-    without Optuna's traceback) and its experimental-feature warnings (heartbeats, the constant liar, retry
-    history, matplotlib plots) silenced, in this process."""
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Within the block, Optuna's log off but for errors (tune prints its own lines per trial, and a failed
+    trial's error once, without Optuna's traceback) and its experimental-feature warnings (heartbeats, the
+    constant liar, retry history, matplotlib plots) silenced; the caller's settings come back after it. Also a
+    decorator: `@quiet_optuna()`."""
+    level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
 # ---------------------------------------------------------------- storage

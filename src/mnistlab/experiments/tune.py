@@ -111,6 +111,7 @@ def trial_dir(out: Path, number: int) -> Path:
     return Path(out) / f"trial-{number:04d}"
 
 
+@quiet_optuna()
 def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | None = None,
          sampler: str | optuna.samplers.BaseSampler = "tpe", pruner: str | optuna.pruners.BasePruner = "asha",
          study: str | None = None, storage: str | None = None,
@@ -146,7 +147,6 @@ def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | N
                  data_dir, quiet)
     make_sampler(sampler, parsed)  # bad names fail here, before any worker starts
     make_pruner(pruner)
-    quiet_optuna()
     handle = open_study(name, open_storage(s.url, heartbeat), s.identity)
     t0 = time.perf_counter()
     if jobs == 1:
@@ -192,10 +192,10 @@ def _worker_main(s: Settings, threads: int) -> None:
         sys.exit(2)
 
 
+@quiet_optuna()
 def work(s: Settings) -> None:
     """One worker: start trials until the study holds `s.trials` finished ones; while the remaining trials
     run elsewhere, wait for them (a trial whose worker dies is failed by heartbeat and queued again here)."""
-    quiet_optuna()
     storage = open_storage(s.url, s.heartbeat)
     study = open_study(s.study, storage, s.identity, sampler=make_sampler(s.sampler, s.space),
                        pruner=make_pruner(s.pruner))

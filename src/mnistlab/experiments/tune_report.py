@@ -24,11 +24,11 @@ PLOTS = {
 }
 
 
+@quiet_optuna()
 def load(study: str, url: str) -> optuna.Study:
     """An existing study, or a ConfigError naming what is missing."""
     if "://" not in url and not Path(url).exists():
         raise ConfigError(f"--storage {url}: no such journal file")
-    quiet_optuna()
     try:
         return optuna.load_study(study_name=study, storage=open_storage(url, heartbeat=60))
     except KeyError:
@@ -60,7 +60,7 @@ def best_config(study: optuna.Study, best: FrozenTrial) -> dict[str, Any]:
     recorded = study.user_attrs["mnistlab"]
     cfg = Space(recorded["preset"], recorded["overrides"], ()).config(best.params)
     note = (f"best of tune study {study.study_name}: trial {best.number}, {pct(best.value)} validation accuracy "
-            f"after the final epoch ({pct(best.user_attrs['test_acc'])} test accuracy, not used to choose)")
+            f"({pct(best.user_attrs['test_acc'])} test accuracy, not used to choose)")
     return dataclasses.replace(cfg, description=note).to_dict()
 
 
@@ -108,6 +108,7 @@ def _save(ax: Any, path: Path) -> None:
         plt.close(fig)
 
 
+@quiet_optuna()
 def report(study: str, url: str, out: str | Path) -> list[str]:
     """`mnistlab tune --report`: the report of an existing study, from its storage alone."""
     handle = load(study, url)
