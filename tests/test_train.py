@@ -113,3 +113,22 @@ def test_resume_cannot_stretch_a_one_cycle_schedule(tmp_path):
     r = mnistlab("train", "--resume", str(tmp_path), "--epochs", "5")
     assert r.returncode == 2 and "onecycle schedule spans exactly 1 epochs" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_run_resumed_elsewhere_keeps_the_environment_it_started_in(mnist_dir, tmp_path):
+    """env.json is the environment training runs on now; a resumed run that started on another machine or
+    precision keeps that one under `earlier`, with the epochs it trained. Resumed where it started: no
+    `earlier`."""
+    kw = dict(subset=1000, batch_size=100, device="cpu", amp="off", data_dir=mnist_dir, quiet=True)
+    out = tmp_path / "run"
+    train("notebook", epochs=1, out=out, **kw)
+    first = json.loads((out / "env.json").read_text())
+    train(resume=out, epochs=2, data_dir=mnist_dir, quiet=True)
+    assert json.loads((out / "env.json").read_text()) == first  # same machine, same precision
+    elsewhere = {**first, "cpu": "another CPU", "amp_dtype": "bf16", "cpu_native_bf16": True}
+    (out / "env.json").write_text(json.dumps(elsewhere))
+    train(resume=out, epochs=3, data_dir=mnist_dir, quiet=True)
+    env = json.loads((out / "env.json").read_text())
+    assert env == {**first, "earlier": [{**elsewhere, "until_epoch": 2}]}
+    train(resume=out, epochs=4, data_dir=mnist_dir, quiet=True)  # unchanged again: the record stays
+    assert json.loads((out / "env.json").read_text()) == env

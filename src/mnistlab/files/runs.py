@@ -3,6 +3,7 @@
     runs/<preset>-<timestamp>/
       config.json      the resolved Config (preset + overrides)
       env.json         python/torch versions, device, threads, git commit, world size, training precision
+                       (a resumed run: also the environments it trained in `earlier`)
       metrics.csv      one row per epoch (epoch, train_loss, train_acc, test_loss, test_acc, seconds, ...)
       metrics.jsonl    the same rows as JSON lines
       checkpoint.pt    model + optimizer + scheduler + epoch + RNG + history; torch.load(weights_only=True)
@@ -153,6 +154,24 @@ def environment(device: torch.device, world_size: int = 1, backend: str | None =
     if torch.cuda.is_available():
         env["cuda"] = torch.version.cuda
     return env
+
+
+def record_environment(path: Path, now: dict[str, Any], start_epoch: int) -> None:
+    """Write env.json: `now`, the environment training runs on from epoch `start_epoch` + 1. A resumed run
+    whose recorded environment differs keeps it, and any it kept, under `earlier`, each with `until_epoch`:
+    a run started in bf16 on one machine and finished in fp32 on another says so."""
+    earlier: list[dict[str, Any]] = []
+    if start_epoch > 0 and path.exists():
+        try:
+            before = read_json(path)
+        except MnistlabError:
+            before = None  # unreadable: nothing to keep
+        if isinstance(before, dict):
+            earlier = before.pop("earlier", [])
+            before.pop("until_epoch", None)
+            if before != now:
+                earlier.append({**before, "until_epoch": start_epoch})
+    write_json(path, {**now, "earlier": earlier} if earlier else now)
 
 
 def device_name(device: torch.device) -> str:

@@ -18,7 +18,14 @@ from mnistlab.data import load_split
 from mnistlab.data.loader import DeviceLoader
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.files.checkpoints import load_checkpoint, model_metadata, save_safetensors
-from mnistlab.files.runs import environment, new_run_dir, read_json, remove_partial_files, write_json
+from mnistlab.files.runs import (
+    environment,
+    new_run_dir,
+    read_json,
+    record_environment,
+    remove_partial_files,
+    write_json,
+)
 from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
 from mnistlab.training import distributed, tensorboard
@@ -291,8 +298,8 @@ def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_di
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
         precision = amp_name(rank.amp)  # what "auto" chose; None: fp32
-        write_json(run_dir / "env.json", environment(rank.device, env.world_size, env.backend, precision,
-                                                     cpu_supports_bf16()))
+        record_environment(run_dir / "env.json", environment(rank.device, env.world_size, env.backend, precision,
+                                                             cpu_supports_bf16()), rank.start_epoch)
         board = tensorboard.open_logger(run_dir, cfg, precision or "fp32", rank.history)
         if board is not None:  # before RunWriter: an epoch's events are on disk before its checkpoint
             cbs.append(board)
