@@ -88,6 +88,13 @@ def test_sweep_reuse_equals_training_the_shorter_setting(mnist_dir, tmp_path):
     trained = s.curves["lr=0.001 batch=32"]
     assert numbers(read_metrics(tmp_path / "resumed" / "lr0.001-b32-e2")) == numbers(trained)
     assert resumed.preset_row is None and "not in the grid" in resumed.summary[-1]
+    # A run from before evaluation was always fp32 (no amp_dtype in env.json) is trained again, not trusted.
+    env = json.loads((first.run_dir / "env.json").read_text())
+    del env["amp_dtype"]
+    (first.run_dir / "env.json").write_text(json.dumps(env))
+    again = sweep("notebook", lrs=[1e-3], epochs=[2], out=tmp_path / "again", runs=[first.run_dir], **common)
+    assert again.rows[0]["source"] == "trained" and any("older mnistlab" in n for n in again.notes)
+    assert numbers(read_metrics(tmp_path / "again" / "lr0.001-b32-e2")) == numbers(trained)
 
 
 def test_sweep_cli_parallel_jobs(mnist_dir, tmp_path):

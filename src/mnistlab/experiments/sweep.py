@@ -109,8 +109,14 @@ def plan(base: Config, lrs: Sequence[float], epochs: Sequence[int], batch_sizes:
     """The training runs the grid needs: with an epoch-independent schedule, one run of the longest setting
     per (lr, batch size) serves the shorter ones; existing `runs` of the same setting are reused or resumed."""
     reusable = reuse and base.schedule in (None, "step")
-    existing = [(Path(p), Config.from_dict(read_json(Path(p) / "config.json"))) for p in runs]
-    jobs, notes = [], []
+    existing, notes = [], []
+    for p in map(Path, runs):
+        if "amp_dtype" not in (read_json(p / "env.json") if (p / "env.json").exists() else {}):
+            # Written before val/test were always evaluated in fp32: its numbers may be autocast's.
+            notes.append(f"{p}: made by an older mnistlab (no training precision in env.json); not reused")
+            continue
+        existing.append((p, Config.from_dict(read_json(p / "config.json"))))
+    jobs = []
     for lr, bs in itertools.product(lrs, batch_sizes):
         label = _label(lr, bs)
         groups = [sorted(epochs)] if reusable else [[e] for e in sorted(epochs)]
