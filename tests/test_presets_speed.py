@@ -252,7 +252,10 @@ print(json.dumps([before, after, faults_per_step()]))
     before, after, released = json.loads(out)
     assert min(before) > 10_000, before  # 12,288 pages of 4 KiB
     assert max(after[-5:]) < 50, after
-    assert min(released) > 10_000, released  # glibc's defaults again once training is over
+    # Released: the kept pages went back to the kernel, so the first block after it faults them in afresh. (Later
+    # steps may reuse that block resident, as glibc does by default with a free chunk left mid-heap: it takes a
+    # fitting free chunk before its mmap threshold applies, and trims only the heap's top.)
+    assert released[0] > 10_000, released
 
 
 def test_training_flushes_denormals_on_every_thread_and_restores_the_mode():
