@@ -122,11 +122,12 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.BaseStorage:
         engine = sqlalchemy.create_engine(engine_url, poolclass=sqlalchemy.pool.NullPool)
         # RDBStorage creates any missing table; two workers doing that at once on an empty PostgreSQL database
         # collide ("duplicate key value violates unique constraint pg_type_typname_nsp_index").
-        with exclusive(url, "schema", engine):
-            storage = RDBStorage(engine_url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                                 heartbeat_stale_trial_callback=retry)
-        engine.dispose()
-        return storage
+        try:
+            with exclusive(url, "schema", engine):
+                return RDBStorage(engine_url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                                  heartbeat_stale_trial_callback=retry)
+        finally:
+            engine.dispose()
     except ImportError:
         raise ConfigError(f"--storage {url}: its database driver is not installed; "
                           "pip install 'mnistlab[tune]'") from None
