@@ -168,7 +168,6 @@ def record_environment(path: Path, now: dict[str, Any], start_epoch: int) -> Non
             before = None  # unreadable: nothing to keep
         if isinstance(before, dict):
             earlier = before.pop("earlier", [])
-            before.pop("until_epoch", None)
             if before != now:
                 earlier.append({**before, "until_epoch": start_epoch})
     write_json(path, {**now, "earlier": earlier} if earlier else now)
