@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -28,6 +29,17 @@ def quick(mnist_dir, tmp_path_factory):
     argv = ["bench", "--quick", "--serve", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out)]
     assert main(argv) == 0
     return out, json.loads((out / "bench.json").read_text())
+
+
+@pytest.mark.parametrize("missing", ["httpx", "fastapi", "uvicorn"])
+def test_bench_serve_without_the_serve_extra_stops_before_training(missing, monkeypatch, tmp_path, capsys):
+    for name in [m for m in sys.modules if m == missing or m.startswith(("mnistlab.serve", f"{missing}."))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)  # import raises ImportError, as when not installed
+    assert main(["bench", "--quick", "--serve", "--device", "cpu", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --serve needs the 'serve' extra ({missing} is missing): pip install 'mnistlab[serve]'"]
+    assert not (tmp_path / "b").exists()  # nothing trained, nothing written
 
 
 def test_bench_json_has_every_documented_key(quick):

@@ -7,10 +7,10 @@ import json
 import socket
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from mnistlab.data import load_split
@@ -19,10 +19,6 @@ from mnistlab.errors import DataError
 from mnistlab.serve import MAX_UPLOAD, create_app
 from mnistlab.serve.loadtest import bench_serve
 from mnistlab.use.predict import load_model
-
-with warnings.catch_warnings():  # starlette's TestClient warns that it will move to httpx2
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
 
 
 @pytest.fixture(scope="module")

@@ -303,9 +303,12 @@ def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=pri
     out_dir = Path(out_dir)
     if serve:  # checked first: a missing extra should not cost a whole benchmark
         try:
-            from mnistlab.serve.loadtest import bench_serve  # needs the serve extra (fastapi, uvicorn)
+            import uvicorn  # noqa: F401  (the served process's)
+
+            from mnistlab.serve.loadtest import bench_serve  # fastapi, and httpx for the clients
         except ImportError as e:
-            raise ConfigError(f"--serve needs mnistlab.serve ({e})") from None
+            raise ConfigError(f"--serve needs the 'serve' extra ({e.name} is missing): "
+                              "pip install 'mnistlab[serve]'") from None
         out_dir.mkdir(parents=True, exist_ok=True)
         opts = dataclasses.replace(opts, model_out=str(out_dir / "fast.safetensors"))  # serve what it trains
     result: dict[str, Any] = {"machine": machine(opts.device), "options": vars(opts) | {"seeds": list(opts.seeds)}}

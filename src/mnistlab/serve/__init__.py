@@ -1,6 +1,6 @@
 """The draw-a-digit web app and prediction API (`mnistlab serve`), and its loopback load test.
 
-Needs the `serve` extra (fastapi, uvicorn, python-multipart): `pip install 'mnistlab[serve]'`.
+Needs the `serve` extra (fastapi, uvicorn, python-multipart; httpx for the load test): `pip install 'mnistlab[serve]'`.
 """
 
 from __future__ import annotations

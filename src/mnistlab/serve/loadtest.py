@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from PIL import Image
 
@@ -38,8 +39,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, log: Any, timeout: float) -> None:
-    import httpx
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -100,8 +99,6 @@ def payloads(n: int = PAYLOADS, data_dir: str | Path | None = None) -> list[tupl
 
 async def _client(url: str, work: list[tuple[str, Any]], start: int, step: int, deadline: float,
                   latencies: list[float], errors: list[str]) -> None:
-    import httpx
-
     async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
         i = start
         while time.perf_counter() < deadline:
