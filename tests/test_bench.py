@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from mnistlab.bench import NotebookMNIST, markdown
+from mnistlab.bench import NotebookMNIST, floor_summary, markdown
 from mnistlab.cli import main
 from mnistlab.data import load_split
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16
@@ -21,6 +21,21 @@ def test_notebook_dataset_matches_totensor(mnist_dir):
     assert x.shape == (1, 28, 28) and x.dtype.is_floating_point and y == int(labels[3])
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
     assert (x[0] * 255).round().to(images.dtype).equal(images[3])
+
+
+def test_floor_summary_takes_each_epoch_against_the_floor_measured_after_it():
+    # The host slows down 2x and 4x over the run: steps and kernels alike. Epoch by epoch the step sits at its
+    # floor; the mean step over the median floor would read 1.17x.
+    shapes = {"a": "2x2 @ 2x2", "b": "Adam"}
+    floors = [{"kernels": {"a": 0.25 * f, "b": 0.75 * f}, "floor_ms": f, "shapes": shapes, "steps_per_epoch": 10,
+               "amp": "float32", "batch_size": 32, "threads": 2} for f in (100.0, 200.0, 400.0)]
+    fl = floor_summary(floors, [1.0, 2.0, 4.0])
+    assert fl["kernels"] == {"a": 50.0, "b": 150.0} and fl["floor_ms"] == 200.0 and fl["shapes"] == shapes
+    assert fl["step_ms"] == pytest.approx(700.0 / 3) and fl["ratio"] == pytest.approx(1.0)
+    assert [e["ratio"] for e in fl["epochs"]] == pytest.approx([1.0, 1.0, 1.0])
+    assert [e["step_ms"] for e in fl["epochs"]] == pytest.approx([100.0, 200.0, 400.0])
+    fl = floor_summary(floors, [1.5, 2.0, 4.0])  # one slow epoch moves the median of three ratios by nothing
+    assert fl["ratio"] == pytest.approx(1.0) and fl["epochs"][0]["ratio"] == pytest.approx(1.5)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +83,8 @@ def test_bench_json_has_every_documented_key(quick):
     assert fl["amp"] == ("bfloat16" if r["machine"]["cpu_native_bf16"] else "float32") and fl["batch_size"] == 32
     assert fl["steps_per_epoch"] == 20  # 640 images in batches of 32
     assert fl["step_ms"] == pytest.approx(1e3 * r["mnistlab"]["seconds_per_epoch"] / 20)
-    assert fl["ratio"] == pytest.approx(fl["step_ms"] / fl["floor_ms"])
+    assert fl["ratio"] == pytest.approx(fl["step_ms"] / fl["floor_ms"])  # one epoch: one floor
+    assert len(fl["epochs"]) == 1 and fl["epochs"][0]["ratio"] == pytest.approx(fl["ratio"])
     m = r["machine"]
     assert m["cpu"] and m["cores"] >= 1 and m["torch"] and "gpu" in m
     auto = amp_name(amp_dtype("auto", torch.device("cpu")))  # both mnistlab contenders run --amp auto
