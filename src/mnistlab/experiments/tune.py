@@ -248,7 +248,7 @@ def objective(trial: optuna.Trial, s: Settings, admission: Admission) -> float:
     result = run_trial(cfg, run_dir, source=source, callbacks=(pruning,), data_dir=s.data_dir, quiet=True)
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")
-    saved = result.history[result.model_epoch - 1]  # with --early-stop, the best epoch's: the saved model's
+    saved = result.model_row  # with --early-stop, the best epoch's: the saved model's
     trial.set_user_attr("test_acc", saved["test_acc"])
     return saved["val_acc"]
 

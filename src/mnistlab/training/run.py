@@ -59,9 +59,14 @@ class TrainResult:
         return self.best_epoch or len(self.history)
 
     @property
+    def model_row(self) -> EpochMetrics:
+        """The metrics row of `model_epoch`: the saved model's fp32 val/test accuracies."""
+        return self.history[self.model_epoch - 1]
+
+    @property
     def test_acc(self) -> float:
         """The fp32 test accuracy of `model` (what `mnistlab evaluate` prints for model.safetensors)."""
-        return self.history[self.model_epoch - 1]["test_acc"]
+        return self.model_row["test_acc"]
 
 
 @dataclass
@@ -176,7 +181,7 @@ def model_facts(r: TrainResult) -> dict[str, Any]:
     """The saved model's epoch and fp32 accuracies (its metrics row), for the model file's metadata."""
     if not r.history:
         return {"test_acc": None}
-    row = r.history[r.model_epoch - 1]
+    row = r.model_row
     facts = {"test_acc": row["test_acc"], "val_acc": row.get("val_acc"), "epoch": r.model_epoch}
     if r.config.early_stop:
         facts.update(best_epoch=r.best_epoch, stopped_epoch=r.stopped_epoch)
@@ -185,7 +190,7 @@ def model_facts(r: TrainResult) -> dict[str, Any]:
 
 def early_stop_line(r: TrainResult) -> str:
     """How early stopping ended, in one line."""
-    row = r.history[r.model_epoch - 1]
+    row = r.model_row
     how = (f"stopped after epoch {r.stopped_epoch}: validation accuracy had not improved for "
            f"{r.config.early_stop} epoch(s)" if r.stopped_epoch else f"trained all {len(r.history)} epochs")
     return (f"early stopping: {how}; the model is epoch {r.model_epoch}'s, the best on validation "
