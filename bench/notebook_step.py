@@ -2,10 +2,10 @@
 
     python bench/notebook_step.py [--rounds 10] [--steps 100] [--threads N] [--cpu-time] [--variant NAME ...]
 
-Variants: fp32; bf16 autocast as plain autocast runs it (every forward casts the weights, every backward
-casts their gradients back); bf16 autocast with the bf16 weight copies `mnistlab train` uses
-(training.bf16); fp32 tensors with oneDNN computing the matmuls and convolutions in bf16 (bf16 inputs, fp32
-accumulation and output: no conversion passes, no bf16 gradients; `torch.backends.mkldnn.*.fp32_precision`).
+Variants: fp32; bf16 autocast as `mnistlab train` runs it (every forward casts the fp32 weights, every
+backward casts their gradients back); fp32 tensors with oneDNN computing the matmuls and convolutions in
+bf16 (bf16 inputs, fp32 accumulation and output: no conversion passes, no bf16 gradients;
+`torch.backends.mkldnn.*.fp32_precision`).
 Each has its own model and optimizer (same seed, same batches) and trains `--steps` steps of the engine per
 round, the variants taking turns round by round; each round also times the variant's floor (training.floor,
 in its precision). Prints one Markdown row per variant: median ms per step, its floor, and the median over
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 
 from mnistlab.presets import resolve
-from mnistlab.training.bf16 import bf16_weights
 from mnistlab.training.device import cpu_supports_bf16, cpu_training_mode
 from mnistlab.training.engine import StepOptions, train_epoch
 from mnistlab.training.floor import step_kernels, time_kernels
@@ -40,14 +39,12 @@ CPU = torch.device("cpu")
 @dataclass(frozen=True)
 class Variant:
     amp: torch.dtype | None = None  # autocast dtype
-    copies: bool = False  # bf16 weight copies (training.bf16)
     onednn_bf16: bool = False  # fp32 tensors, oneDNN's matmuls and convolutions computing in bf16
 
 
 VARIANTS = {
     "fp32": Variant(),
     "bf16 autocast": Variant(torch.bfloat16),
-    "bf16 autocast + bf16 weight copies": Variant(torch.bfloat16, copies=True),
     "fp32, oneDNN bf16 products": Variant(onednn_bf16=True),
 }
 
@@ -89,7 +86,7 @@ def main() -> None:
     for name, v in variants.items():
         model = build(cfg, CPU)
         opt = make_optimizer(cfg, model.parameters(), CPU)
-        runs[name] = (bf16_weights(model, opt, CPU, v.amp) if v.copies else model, opt, StepOptions(amp=v.amp))
+        runs[name] = (model, opt, StepOptions(amp=v.amp))
         kernels[name] = step_kernels(model, lambda p: make_optimizer(cfg, p, CPU), x, v.amp)
     step_ms: dict[str, list[float]] = {name: [] for name in runs}
     floor_ms: dict[str, list[float]] = {name: [] for name in runs}

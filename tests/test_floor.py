@@ -44,3 +44,18 @@ def test_kernels_run_in_the_steps_precision_and_compute_what_autograd_needs():
         # the gradient of its input.
         assert len(k["conv1 backward"].run()) == 2 and len(k["conv2 backward"].run()) == 3
         assert "conv1 grad-input" not in k and k["conv2 backward"].run()[0].shape == (8, 4, 12, 12)
+
+
+def test_under_autocast_the_floor_counts_the_master_weight_conversions():
+    torch.manual_seed(0)
+    model = build_model("notebook")
+    fp32 = step_kernels(model, adam, torch.rand(4, 1, 28, 28), None)
+    bf16 = step_kernels(model, adam, torch.rand(4, 1, 28, 28), torch.bfloat16)
+    assert "weights to bf16" not in fp32 and "gradients to fp32" not in fp32
+    assert list(bf16)[-3:] == ["weights to bf16", "gradients to fp32", "optimizer"]
+    # Every weight and bias of the products: the whole notebook network.
+    assert bf16["weights to bf16"].shapes == bf16["gradients to fp32"].shapes == "2,770,634 parameters"
+    casts = bf16["weights to bf16"].run()
+    assert [c.dtype for c in casts] == [torch.bfloat16] * 6
+    assert all(torch.equal(c, p.detach().to(torch.bfloat16)) for c, p in zip(casts, model.parameters(), strict=True))
+    assert all(g.dtype == torch.float32 for g in bf16["gradients to fp32"].run())

@@ -41,7 +41,6 @@ from mnistlab.files.checkpoints import model_metadata, save_safetensors
 from mnistlab.files.runs import atomic_write, cpu_model, write_json
 from mnistlab.models import NotebookNet
 from mnistlab.presets import resolve
-from mnistlab.training.bf16 import bf16_weights
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, pick_device
 from mnistlab.training.engine import StepOptions, evaluate, fit
 from mnistlab.training.floor import step_floor
@@ -145,12 +144,11 @@ class _Mnistlab:
         self.model = build(self.cfg, device)
         self.optimizer = make_optimizer(self.cfg, self.model.parameters(), device)
         self.amp = amp_dtype(self.cfg.amp, device)
-        self.net = bf16_weights(self.model, self.optimizer, device, self.amp)  # what train() runs too
         self.device, self.floor_reps = device, opts.floor_reps
         self.history: list[dict[str, Any]] = []
 
     def epoch(self) -> float:
-        self.history = fit(self.net, self.optimizer, self.data.train, {}, epochs=len(self.history) + 1,
+        self.history = fit(self.model, self.optimizer, self.data.train, {}, epochs=len(self.history) + 1,
                            start_epoch=len(self.history), step=StepOptions(amp=self.amp), history=self.history)
         return self.history[-1]["seconds"]
 

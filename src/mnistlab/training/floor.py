@@ -5,8 +5,14 @@ input gradient where the layer's input needs one), each at the step's shapes and
 (operands already cast, so no conversion is timed); then the optimizer's update over all parameters. Each
 kernel is timed alone, call by call, after a warm-up, the kernels taking turns so that load drift hits all of
 them alike; a kernel's time is the median of its calls. Their sum is what the step cannot go below with these
-kernels; the step's time over it is how much of the step is something else (conversions, activations, the
-loss, Python, and the cache misses that a kernel repeated alone does not have).
+kernels; the step's time over it is how much of the step is something else (activations, the loss, Python,
+and the cache misses that a kernel repeated alone does not have).
+
+Under autocast the weights stay fp32 masters, and that costs two conversions per step that the floor counts
+as kernels of their own: each layer's weight and bias cast to the autocast dtype for its products, and each
+of their gradients cast back to fp32 for the optimizer (no PyTorch CPU product writes fp32 from bf16
+operands, and the fp32-output alternative, oneDNN's bf16 products on fp32 tensors, is slower than the
+product plus the cast on a CPU with native bf16).
 """
 
 from __future__ import annotations
@@ -127,15 +133,30 @@ def time_kernels(kernels: dict[str, Kernel], device: torch.device, *, reps: int,
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
+def master_kernels(layers: Iterable[nn.Module], amp: torch.dtype) -> dict[str, Kernel]:
+    """What fp32 master weights add to a step under autocast to `amp`: the layers' fp32 weights and biases
+    cast to `amp` for the products, and their `amp` gradients cast back to fp32 for the optimizer."""
+    masters = [p.detach() for m in layers for p in m.parameters(recurse=False) if p.dtype == torch.float32]
+    grads = [torch.randn_like(p).to(amp) for p in masters]
+    n = f"{sum(p.numel() for p in masters):,} parameters"
+    name = str(amp).removeprefix("torch.").replace("bfloat16", "bf16").replace("float16", "fp16")
+    return {f"weights to {name}": Kernel(n, lambda: [p.to(amp) for p in masters]),
+            "gradients to fp32": Kernel(n, lambda: [g.float() for g in grads])}
+
+
 def step_kernels(model: nn.Module, make_optimizer: MakeOptimizer, x: torch.Tensor,
                  amp: torch.dtype | None) -> dict[str, Kernel]:
-    """The kernels of one training step of (a copy of) `model` on the batch `x`, "optimizer" last."""
+    """The kernels of one training step of (a copy of) `model` on the batch `x`: each layer's products, the
+    master-weight conversions under autocast, and "optimizer" last."""
     model = copy.deepcopy(model).train()
     kernels: dict[str, Kernel] = {}
     modules = dict(model.named_modules())
-    for name, inp in layer_inputs(model, x, amp).items():
+    inputs = layer_inputs(model, x, amp)
+    for name, inp in inputs.items():
         m = modules[name]
         kernels.update((linear_kernels if isinstance(m, nn.Linear) else conv_kernels)(name, m, inp, amp))
+    if amp is not None:
+        kernels.update(master_kernels((modules[name] for name in inputs), amp))
     kernels["optimizer"] = optimizer_kernel(model, make_optimizer)
     return kernels
 

@@ -30,7 +30,6 @@ from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
 from mnistlab.training import distributed, tensorboard
 from mnistlab.training.augment import RandomAffine
-from mnistlab.training.bf16 import bf16_weights
 from mnistlab.training.callbacks import EarlyStopping, RunWriter, WeightAverage, set_rng_state
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, describe_precision, pick_device
 from mnistlab.training.engine import Callback, EpochMetrics, StepOptions, fit
@@ -270,9 +269,8 @@ def restore(rank: RankState, ckpt: dict[str, Any], reseed: bool) -> None:
 
 
 def wrap(rank: RankState, cfg: Config, env: distributed.DistEnv) -> nn.Module:
-    """Phase 2: what the loop trains: SyncBatchNorm under nccl, torch.compile, DDP, or under CPU bf16
-    autocast bf16 copies of the large dense weights (`bf16_weights`). The wrappers share the model's
-    parameters, so `rank.model` itself is what gets saved."""
+    """Phase 2: what the loop trains: SyncBatchNorm under nccl, torch.compile, DDP. The wrappers share the
+    model's parameters, so `rank.model` itself is what gets saved."""
     net, device = rank.model, rank.device
     if env.backend == "nccl":  # batch statistics over the global batch (SyncBatchNorm is CUDA-only)
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -281,7 +279,7 @@ def wrap(rank: RankState, cfg: Config, env: distributed.DistEnv) -> nn.Module:
     if env.active:
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
-    return bf16_weights(net, rank.optimizer, device, rank.amp)
+    return net
 
 
 def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_dir: Path | None, quiet: bool,
