@@ -113,7 +113,7 @@ def execute(out: str | Path, *, parameters: dict[str, Any] | None = None, kernel
     if out.suffix != ".ipynb":
         raise ConfigError(f"the executed notebook's file must end in .ipynb, got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    params = dict(parameters or {})
+    params = {"progress_bars": False, **(parameters or {})}  # no bar frozen into the saved outputs
     outputs = Path(params.setdefault("out_dir", str(out.with_name(f"{out.stem}_outputs")))).resolve()
     params["out_dir"] = str(outputs)
     outputs.mkdir(parents=True, exist_ok=True)

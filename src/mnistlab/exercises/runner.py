@@ -1,5 +1,5 @@
-"""`mnistlab lab`: every exercise of the lab on real MNIST, in one directory, with a report and a filled-in
-answers notebook whose every number comes from the runs made here.
+"""`mnistlab lab`: every exercise of the lab on real MNIST, in one directory, with a report whose every number
+comes from the runs made here, and the plain-PyTorch lab notebook executed with the same settings.
 
     lab_dir/
       exercise1/   inspect.json, the notebook preset's run (metrics.csv, model.safetensors, initial.safetensors),

@@ -50,6 +50,7 @@ sgd_lr = 0.01  # Exercise 3: SGD's learning rate, with momentum 0.9 and without
 sgd_epochs = 3  # Exercise 3: epochs of each SGD run, compared with Exercise 1's epoch by epoch (up to 5)
 n_samples = 10  # Exercise 4: training samples classified by the reloaded model
 out_dir = "mnist_lab_outputs"  # the CSV, the figures and the saved model go here
+progress_bars = True  # a bar per epoch while it runs (papermill turns it off: a saved bar is noise)
 
 # %%
 import copy
@@ -65,6 +66,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from IPython.display import Markdown, display
+from matplotlib.ticker import MaxNLocator
 from torch.utils.data import DataLoader, TensorDataset
 
 try:  # a progress bar for each epoch (tqdm comes with Jupyter and Colab); without it, one line per epoch
@@ -258,7 +260,7 @@ loss_fn = nn.CrossEntropyLoss()
 def train_one_epoch(model, loader, optimizer, desc="train"):
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    batches = tqdm(loader, desc=desc, leave=False, mininterval=1) if tqdm else loader
+    batches = tqdm(loader, desc=desc, leave=False, mininterval=1) if tqdm and progress_bars else loader
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         # PyTorch adds every backward pass's gradients to .grad: clear them, or each step would use the sum of
@@ -380,6 +382,8 @@ for split in ("train", "val", "test"):
 for split in ("train", "val"):
     ax2.plot([r["epoch"] for r in history], [r[f"{split}_loss"] for r in history], "o-", label=split)
 ax1.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy per epoch")
+ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
 ax2.set(xlabel="epoch", ylabel="loss", title="loss per epoch")
 ax1.legend()
 ax2.legend()
@@ -464,6 +468,7 @@ for value in sorted({r["lr"] for r in grid}):
     ax.plot([r["epoch"] for r in rows], [r["val_acc"] for r in rows], "o-", label=f"lr {value:g}")
 ax.plot([best["epoch"]], [best["val_acc"]], "k*", markersize=14, label="chosen")
 ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Exercise 2: validation accuracy")
+ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 ax.legend()
 fig.savefig(out / "exercise2_validation.png", dpi=100, bbox_inches="tight")
 plt.show()
@@ -499,6 +504,7 @@ fig, ax = plt.subplots(figsize=(6, 3.5))
 for name, rows in {f"adam lr {lr:g}": history[:sgd_epochs], **sgd_runs}.items():
     ax.plot([r["epoch"] for r in rows], [r["test_acc"] for r in rows], "o-", label=name)
 ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Exercise 3: Adam and SGD, same start, same batches")
+ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 ax.legend()
 fig.savefig(out / "exercise3_optimizers.png", dpi=100, bbox_inches="tight")
 plt.show()
