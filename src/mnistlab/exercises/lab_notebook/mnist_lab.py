@@ -39,7 +39,7 @@ batch_size = 32  # the lab's batch size
 train_subset = None  # None: all 60,000 training images; N: only the first N (a quick first look)
 val_size = 10_000  # the last val_size of those images are held out as the validation split
 device_name = "auto"  # "auto": CUDA, then Apple's MPS, then the CPU; or "cpu", "cuda", "cuda:1", "mps"
-bf16 = False  # train in bfloat16 autocast: faster on GPUs and on CPUs with native bf16; evaluation stays fp32
+bf16 = "auto"  # bfloat16 autocast for training: "auto" = where the hardware computes it natively; or True/False
 data_dir = None  # None: $MNISTLAB_DATA, else $XDG_CACHE_HOME/mnistlab, else ~/.cache/mnistlab
 download = False  # True: download MNIST with torchvision when the files are missing (needs internet)
 seed = 0  # the initial weights and the order of the batches
@@ -82,6 +82,11 @@ print(f"torch {torch.__version__}, numpy {np.__version__}; outputs in {out.resol
 # ## Device
 #
 # This is the "with GPU" lab: use a CUDA GPU when there is one, then an Apple GPU (MPS), else the CPU.
+#
+# Training precision: float32 by default. Where the hardware computes bfloat16 natively (NVIDIA GPUs from
+# Ampere on; CPUs with AVX512-BF16 or AMX), `bf16 = "auto"` trains under `torch.autocast(..., torch.bfloat16)`:
+# the matrix products run in bf16 (about 1.5x faster on such a CPU for this network) while the weights,
+# the optimizer and every evaluation stay float32. Elsewhere bf16 would be emulated and slower, so it stays off.
 
 # %%
 if device_name == "auto":
@@ -97,13 +102,19 @@ if device.type == "cuda":
 elif device.type == "mps":
     where = "Apple GPU (MPS)"
 else:
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():  # Linux names the model there
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""  # Linux
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+               platform.processor() or platform.machine())
     where = f"CPU: {cpu}, {torch.get_num_threads()} threads"
     # Adam's running averages decay into tiny "denormal" floats that CPUs compute very slowly: flush them to zero.
     torch.set_flush_denormal(True)
+if bf16 == "auto":
+    if device.type == "cuda":
+        bf16 = torch.cuda.get_device_capability(device) >= (8, 0)
+    elif device.type == "cpu":
+        bf16 = " avx512_bf16" in cpuinfo or " amx_bf16" in cpuinfo
+    else:
+        bf16 = False
 print(f"device: {device} ({where}); training in {'bf16 autocast' if bf16 else 'fp32'}")
 
 # %% [markdown]
@@ -373,7 +384,7 @@ csv_path = out / "exercise1_accuracy.csv"
 csv_path.write_text("\n".join([",".join(columns)] + [",".join(f"{row[c]:.4f}" if isinstance(row[c], float)
                                                                    else str(row[c]) for c in columns)
                                                           for row in history]) + "\n")
-print(f"saved {csv_path}")
+print(f"saved {csv_path.name} (in out_dir)")
 ex1_test_acc = history[-1]["test_acc"]
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
@@ -527,7 +538,7 @@ batch = x_test[:256].to(device)
 with torch.no_grad():
     same_outputs = torch.equal(chosen(batch), reloaded(batch))
 assert same_outputs, "the reloaded model's outputs differ from the original's"
-print(f"saved {weights_path} ({weights_path.stat().st_size / 1e6:.1f} MB); reloaded outputs equal the "
+print(f"saved {weights_path.name} ({weights_path.stat().st_size / 1e6:.1f} MB); reloaded outputs equal the "
       f"original's on {len(batch)} test images: {same_outputs}")
 
 # %% [markdown]
