@@ -29,6 +29,11 @@ def test_the_committed_notebook_is_what_its_source_makes():
     assert all(c.outputs == [] and c.execution_count is None for c in _code(nb))
     assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
     assert sum("answer" in c.metadata.get("tags", []) for c in nb.cells) >= 5
+    import papermill  # papermill reads every parameter (a line it cannot parse would warn at each execution)
+
+    found = papermill.inspect_notebook(str(ROOT / lab_notebook.COMMITTED))
+    assert set(QUICK) | {"device_name", "data_dir", "bf16", "out_dir", "progress_bars", "seed", "lr"} <= set(found)
+    assert all(p["help"] for p in found.values())
 
 
 def test_the_notebook_teaches_plain_pytorch():

@@ -39,7 +39,7 @@ batch_size = 32  # the lab's batch size
 train_subset = None  # None: all 60,000 training images; N: only the first N (a quick first look)
 val_size = 10_000  # the last val_size of those images are held out as the validation split
 device_name = "auto"  # "auto": CUDA, then Apple's MPS, then the CPU; or "cpu", "cuda", "cuda:1", "mps"
-bf16 = "auto"  # bfloat16 autocast for training: "auto" = where the hardware computes it natively; or True/False
+bf16 = "auto"  # bfloat16 autocast for training: "auto" (where the hardware computes it natively), True, False
 data_dir = None  # None: $MNISTLAB_DATA, else $XDG_CACHE_HOME/mnistlab, else ~/.cache/mnistlab
 download = False  # True: download MNIST with torchvision when the files are missing (needs internet)
 seed = 0  # the initial weights and the order of the batches
