@@ -196,8 +196,9 @@ def cross_check(r) -> dict[str, Any]:
     a, b = r.notebook.test_acc, r.step1.test_acc
     half = difference_halfwidth(a, b, TEST_IMAGES)
     agree = abs(a - b) <= half
+    word = "agree" if agree else "differ (expected of a quick run)" if r.quick else "DIFFER"
     return {"notebook_test_acc": a, "lab_test_acc": b, "difference": a - b, "halfwidth": half, "agree": agree,
-            "short": f"{pct(a)} vs {pct(b)}, {pts(a - b)} (±{half:.2f} pt): {'agree' if agree else 'DIFFER'}"}
+            "short": f"{pct(a)} vs {pct(b)}, {pts(a - b)} (±{half:.2f} pt): {word}"}
 
 
 def notebook_section(r) -> Section:
@@ -206,7 +207,11 @@ def notebook_section(r) -> Section:
     rows = [[int(x["epoch"]), pct(x["train_acc"]), pct(x["val_acc"]), pct(x["test_acc"])] for x in nb.exercise1]
     lab = [[t["epoch"], pct(t["train_acc"]), pct(t["val_acc"]), pct(t["test_acc"])] for t in r.step1.history]
     verdict = ("they **agree**: the difference is within the noise" if c["agree"] else
-               "they **differ** by more than the noise: look for a difference in the recipe")
+               "they **differ** by more than the noise" + (
+                   ". In a quick run that is expected: after a few epochs on 1,000 images the initial weights "
+                   "alone move test accuracy by points, which this interval (the test images' noise) does not "
+                   "cover; the full lab is the real check" if r.quick else
+                   ": look for a difference in the recipe"))
     return "The lab notebook, executed, and cross-checked", [
         ("p", "`lab_notebook.ipynb` (and `lab_notebook.html`) is the notebook students hand in: plain PyTorch "
               "(numpy reads the IDX files, an nn.Module, a loop with `optimizer.zero_grad()`), every exercise "
