@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # No NVIDIA driver: pin the CPU wheel of PyTorch so pip never pulls a multi-GB CUDA build.
 CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
 
-.PHONY: lab test lint bench system-deps clean
+.PHONY: lab notebook test lint bench system-deps clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 lab: $(BIN)/.installed
 	$(BIN)/mnistlab data fetch
 	$(BIN)/mnistlab lab
+
+# notebooks/mnist_lab.ipynb is generated from its source (a test fails when they differ)
+notebook: $(BIN)/.installed
+	$(BIN)/mnistlab notebook --out notebooks/mnist_lab.ipynb
 
 system-deps:
 	sh scripts/system-deps.sh

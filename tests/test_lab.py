@@ -18,7 +18,8 @@ from mnistlab.files.runs import read_metrics
 from mnistlab.use.predict import load_model
 
 ARTIFACTS = [
-    "report.md", "report.html", "lab_answers.ipynb", "summary.json",
+    "report.md", "report.html", "lab_notebook.ipynb", "lab_notebook.html", "summary.json",
+    "notebook/exercise1_accuracy.csv", "notebook/mnist_cnn_state_dict.pt",
     "exercise1/inspect.json", "exercise1/metrics.csv", "exercise1/initial.safetensors", "exercise1/model.safetensors",
     "exercise1/accuracy.csv", "exercise1/accuracy.json", "exercise1/analysis.json", "exercise1/curves.png",
     "exercise1/confusion.png", "exercise1/mistakes.png",
@@ -44,28 +45,49 @@ def test_every_artifact_and_the_terminal_output(lab_run):
     out, r = lab_run
     missing = [a for a in ARTIFACTS if not (out / a).is_file() or (out / a).stat().st_size == 0]
     assert not missing
-    for i in range(1, 8):
-        assert f"[lab {i}/7]" in r.stdout
+    for i in range(1, 9):
+        assert f"[lab {i}/8]" in r.stdout
     assert "lab answers (quick run)" in r.stdout and "E4 reloaded = original" in r.stdout
     env = json.loads((out / "exercise1/env.json").read_text())  # the report states step 1's training precision
     assert f"training precision: {env['amp_dtype'] or 'fp32'} (`--amp auto`)" in (out / "report.md").read_text()
 
 
-def test_notebook_validates_and_answers_every_exercise(lab_run):
-    out, _ = lab_run
-    nb = nbformat.read(out / "lab_answers.ipynb", as_version=4)
+def test_the_plain_pytorch_notebook_ran_with_the_labs_settings_and_is_cross_checked(lab_run):
+    out, r = lab_run
+    nb = nbformat.read(out / "lab_notebook.ipynb", as_version=4)
     nbformat.validate(nb)
-    assert nb.nbformat == 4
-    markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
-    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    for title in ("Exercise 1", "Exercise 2", "Exercise 3", "Exercise 4"):
-        assert title in markdown
-    assert "Will the network improve with epoch" in markdown
-    for call in ("mnistlab.inspect(", "mnistlab.train(", "mnistlab.sweep(", "mnistlab.compare(", "mnistlab.load("):
-        assert call in code
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            compile(cell.source, "cell", "exec")  # valid Python
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code) and not [o for c in code for o in c.outputs
+                                                           if o.output_type == "error"]
+    assert "import mnistlab" not in "\n".join(c.source for c in code)  # plain PyTorch
+    injected = next(c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "train_subset = 1500" in injected and "val_size = 500" in injected and "epochs = 2" in injected
+    with (out / "notebook/exercise1_accuracy.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    report = (out / "report.md").read_text()
+    lab_test = read_metrics(out / "exercise1")[-1]["test_acc"]
+    nb_test = float(rows[-1]["test_acc"])
+    assert f"Final test accuracy: notebook {nb_test:.2f}%, lab {lab_test:.2f}%" in report
+    assert ("they **agree**" in report) != ("they **differ**" in report)
+    assert "notebook E1 test acc vs lab's" in r.stdout and "lab_notebook.ipynb" in r.stdout
+    assert "lab_answers" not in report and not (out / "lab_answers.ipynb").exists()
+
+
+def test_no_notebook_skips_the_step(cli, tmp_path, monkeypatch):
+    from mnistlab.errors import ConfigError
+    from mnistlab.exercises import runner
+
+    seen = []
+
+    def spy(*args, **kwargs):  # what the CLI asks of the lab; nothing is trained
+        seen.append(kwargs["notebook"])
+        raise ConfigError("stopped here")
+
+    monkeypatch.setattr(runner, "lab", spy)
+    assert cli("lab", "--quick", "--no-notebook", "--out", str(tmp_path / "lab"))[0] == 2
+    assert cli("lab", "--quick", "--out", str(tmp_path / "lab"))[0] == 2
+    assert seen == [False, True]
 
 
 def _quoted(values) -> set[str]:
@@ -82,6 +104,8 @@ def test_every_accuracy_in_the_report_comes_from_a_metrics_file(lab_run):
         known |= _quoted(float(row[k]) for k in ("val_acc", "test_acc", "best_val_acc", "final_train_acc"))
     quirks = json.loads((out / "quirks/quirks.json").read_text())
     known |= _quoted([quirks["exact_test_acc"], quirks["notebook_test_acc"]])
+    for row in csv.DictReader((out / "notebook/exercise1_accuracy.csv").open()):  # the notebook's own table
+        known |= _quoted(float(row[k]) for k in ("train_acc", "val_acc", "test_acc"))
     quoted = re.findall(r"\d+\.\d+%", report)
     assert len(quoted) > 20
     assert set(quoted) <= known

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnistlab.stats import Difference, accuracy_halfwidth, z_score
+from mnistlab.stats import Difference, accuracy_halfwidth, difference_halfwidth, z_score
 
 
 def bootstrap_halfwidth(correct: torch.Tensor, samples: int = 4000, seed: int = 0) -> float:
@@ -44,3 +44,10 @@ def test_a_difference_is_weighed_against_the_noise():
     assert big.exceeds and big.words().startswith("+0.57 pt, larger than the noise")
     assert Difference(97.80, 98.37, 10_000).exceeds  # either sign
     assert Difference(88.0, 86.0, 500).as_dict()["exceeds_noise"] is False  # 2 pt on 500 images is noise
+
+
+def test_the_interval_of_a_difference_of_two_independent_accuracies():
+    # 98% on 10,000 images each: each +-0.274 pt, their difference +-0.388 pt (the variances add)
+    assert difference_halfwidth(98.0, 98.0, 10_000) == pytest.approx(0.388, abs=0.001)
+    assert difference_halfwidth(98.0, 98.0, 10_000) == pytest.approx(2 ** 0.5 * accuracy_halfwidth(98.0, 10_000))
+    assert difference_halfwidth(98.0, 90.0, 10_000, 2_500) > difference_halfwidth(98.0, 90.0, 10_000)

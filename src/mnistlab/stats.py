@@ -34,6 +34,13 @@ def accuracy_halfwidth(acc: float, n: int, confidence: float = 0.95) -> float:
     return 100.0 * z_score(confidence) * math.sqrt(p * (1.0 - p) / n)
 
 
+def difference_halfwidth(a: float, b: float, n_a: int, n_b: int | None = None, confidence: float = 0.95) -> float:
+    """Half-width, in percentage points, of the `confidence` interval of a - b, two accuracies (percent) of two
+    independently trained models measured on n_a and n_b images: the two binomial variances added."""
+    n_b = n_a if n_b is None else n_b
+    return math.hypot(accuracy_halfwidth(a, n_a, confidence), accuracy_halfwidth(b, n_b, confidence))
+
+
 @dataclass(frozen=True)
 class Difference:
     """`a - b` of two accuracies (percent) on n images each, weighed against the noise of one of them."""

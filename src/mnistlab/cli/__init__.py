@@ -29,6 +29,7 @@ COMMANDS = [
     "tune",
     "lr_find",
     "lab",
+    "notebook",
 ]
 
 

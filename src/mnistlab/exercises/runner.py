@@ -1,5 +1,5 @@
-"""`mnistlab lab`: every exercise of the lab on real MNIST, in one directory, with a report and a filled-in
-answers notebook whose every number comes from the runs made here.
+"""`mnistlab lab`: every exercise of the lab on real MNIST, in one directory, with a report whose every number
+comes from the runs made here, and the plain-PyTorch lab notebook executed with the same settings.
 
     lab_dir/
       exercise1/   inspect.json, the notebook preset's run (metrics.csv, model.safetensors, initial.safetensors),
@@ -8,7 +8,9 @@ answers notebook whose every number comes from the runs made here.
       exercise3/   the comparison: compare.csv/md/json, compare.png, initial.safetensors, one run per optimizer
       exercise4/   the model saved three ways, exercise4.json (reloaded predictions vs originals), samples.png
       quirks/      the double-softmax run and quirks.json (the notebook's two quirks, measured)
-      report.md, report.html (self-contained), lab_answers.ipynb, summary.json
+      notebook/    the files of the lab notebook's own run (its CSV, figures and saved model)
+      report.md, report.html (self-contained), lab_notebook.ipynb and .html (the plain-PyTorch notebook,
+      executed with the lab's settings), summary.json
 
 Every step shares one split: the last `val` training images are held out as validation and every choice
 (question 6, Exercise 2's setting) is made on them; the test set is only reported. Exercise 1's run is then the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +68,7 @@ class LabResult:
     environment: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     jobs: int = 1
+    notebook: Any = None  # the executed lab notebook (exercises.notebook.Executed)
 
     @property
     def train_images(self) -> int:
@@ -73,8 +77,14 @@ class LabResult:
 
 
 def lab(out: str | Path | None = None, *, quick: bool = False, data_dir: str | Path | None = None,
-        device: str | None = None, jobs: int = 1, quiet: bool = False, tensorboard: bool = True) -> LabResult:
-    """Run the four exercises and the quirks, then write report.md, report.html and lab_answers.ipynb."""
+        device: str | None = None, jobs: int = 1, quiet: bool = False, tensorboard: bool = True,
+        notebook: bool = True) -> LabResult:
+    """Run the four exercises and the quirks, execute the lab notebook (unless `notebook=False`), then write
+    report.md and report.html."""
+    if notebook:
+        from mnistlab.exercises.notebook import require
+
+        require("papermill", "ipykernel", "nbconvert", "jupytext")  # before any training
     settings = dict(QUICK if quick else FULL)
     cfg = resolve("notebook", epochs=settings["epochs"], subset=settings["subset"], val=settings["val"],
                   device=device, tensorboard=tensorboard)
@@ -86,7 +96,8 @@ def lab(out: str | Path | None = None, *, quick: bool = False, data_dir: str | P
              ("Exercise 3: SGD against the notebook's Adam", _exercise3),
              ("Exercise 4: save, reload and classify", _exercise4),
              ("The notebook's quirks: double softmax and accuracy averaging", _quirks),
-             ("Report, HTML and answers notebook", _write)]
+             *([("The lab notebook in plain PyTorch, executed", _notebook)] if notebook else []),
+             ("Report and HTML", _write)]
     t_all = time.perf_counter()
     for i, (title, step) in enumerate(steps, 1):
         if not quiet:
@@ -204,6 +215,17 @@ def _quirks(r: LabResult, data_dir, quiet: bool) -> None:
     write_json(q / "quirks.json", r.quirks)
 
 
+def _notebook(r: LabResult, data_dir, quiet: bool) -> None:
+    from mnistlab.exercises.notebook import execute, parameters_for
+
+    params = parameters_for(quick=r.quick, device=r.config.device, data_dir=data_dir, amp=r.config.amp,
+                            outputs=(r.run_dir / "notebook").resolve(), epochs=r.config.epochs,
+                            train_subset=r.config.subset, val_size=r.config.val, seed=r.config.seed)
+    r.notebook = execute(r.run_dir / "lab_notebook.ipynb", parameters=params,
+                         progress=not quiet and sys.stderr.isatty())  # papermill's bar over the cells
+    r.seconds["notebook_execution"] = r.notebook.seconds
+
+
 def _write(r: LabResult, data_dir, quiet: bool) -> None:
     from mnistlab.exercises.report import write_report
 
@@ -233,6 +255,10 @@ def summary_rows(r: LabResult) -> list[tuple[str, str]]:
         rows.append(("E3 final test acc", ", ".join(f"{k} {pct(h[-1]['test_acc'])}" for k, h in c.histories.items())))
     if r.exercise4:
         rows.append(("E4 reloaded = original", "yes, exactly" if r.exercise4["all_equal"] else "NO"))
+    if r.notebook is not None and r.step1 is not None:
+        from mnistlab.exercises.report.sections import cross_check
+
+        rows.append(("notebook E1 test acc vs lab's", cross_check(r)["short"]))
     if r.quirks:
         rows.append(("notebook accuracy formula", f"{pct(r.quirks['notebook_test_acc'])} vs exact "
                                                   f"{pct(r.quirks['exact_test_acc'])}"))
@@ -250,7 +276,7 @@ def print_summary(r: LabResult) -> None:
         table.add_row(q, ans)
     console = Console()
     console.print(table)
-    console.print(f"report: {r.run_dir / 'report.md'}  html: {r.run_dir / 'report.html'}  "
-                  f"notebook: {r.run_dir / 'lab_answers.ipynb'}", markup=False)
+    notebook = f"  notebook: {r.notebook.ipynb}" if r.notebook is not None else ""
+    console.print(f"report: {r.run_dir / 'report.md'}  html: {r.run_dir / 'report.html'}{notebook}", markup=False)
 
 

@@ -1,4 +1,5 @@
-"""Progress reporting for the engine: a rich progress bar on a terminal, plain lines otherwise."""
+"""Progress reporting for the engine: a rich progress bar on a terminal, a tqdm bar in a Jupyter notebook (it
+redraws in place in a cell's output, with or without widgets), plain lines otherwise."""
 
 from __future__ import annotations
 
@@ -18,8 +19,14 @@ def format_epoch(row: dict[str, Any], epochs: int) -> str:
     return "  ".join(parts)
 
 
+def in_jupyter() -> bool:
+    """True inside a Jupyter kernel (ipykernel), where stdout is no terminal but a cell's output is."""
+    shell = sys.modules.get("IPython") and getattr(sys.modules["IPython"], "get_ipython", lambda: None)()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
 class Progress(Callback):
-    """Engine callback: a bar per epoch when `stream` is a terminal, one line per epoch always."""
+    """Engine callback: a bar per epoch on a terminal or in a notebook, one line per epoch always."""
 
     def __init__(self, epochs: int, stream: TextIO | None = None, quiet: bool = False) -> None:
         self.epochs = epochs
@@ -27,7 +34,15 @@ class Progress(Callback):
         self.quiet = quiet
         self._bar = None
         self._task = None
-        if not quiet and self.stream.isatty():
+        self._tqdm = None
+        if not quiet and not self.stream.isatty() and in_jupyter():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                self._tqdm = tqdm
+        elif not quiet and self.stream.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
@@ -37,16 +52,22 @@ class Progress(Callback):
             )
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
-        if self._bar is not None:
+        if self._tqdm is not None:
+            self._bar = self._tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", leave=False, mininterval=0.5)
+        elif self._bar is not None:
             self._bar.start()
             self._task = self._bar.add_task("train", total=steps, epoch=epoch, epochs=self.epochs)
 
     def on_step(self) -> None:
-        if self._bar is not None:
+        if self._tqdm is not None:
+            self._bar.update()
+        elif self._bar is not None:
             self._bar.advance(self._task)
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
-        if self._bar is not None:
+        if self._tqdm is not None:
+            self._bar.close()
+        elif self._bar is not None:
             self._bar.remove_task(self._task)
             self._bar.stop()
         if not self.quiet:

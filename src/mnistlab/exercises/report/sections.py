@@ -9,7 +9,7 @@ from typing import Any
 
 from mnistlab.exercises.analysis import NAMES
 from mnistlab.exercises.report.blocks import Block, Section
-from mnistlab.stats import accuracy_halfwidth
+from mnistlab.stats import accuracy_halfwidth, difference_halfwidth
 from mnistlab.tables import pct, pts
 
 LAYER_COLUMNS = ["name", "type", "input_shape", "output_shape", "units", "activation", "kernel_size", "stride",
@@ -187,6 +187,49 @@ def quirks(r) -> Section:
     ]
 
 
+TEST_IMAGES = 10_000
+
+
+def cross_check(r) -> dict[str, Any]:
+    """The notebook's Exercise 1 test accuracy against the lab's own run of the same network and recipe: two
+    independent implementations, so they should agree within the noise of two accuracies on 10,000 images."""
+    a, b = r.notebook.test_acc, r.step1.test_acc
+    half = difference_halfwidth(a, b, TEST_IMAGES)
+    agree = abs(a - b) <= half
+    word = "agree" if agree else "differ (expected of a quick run)" if r.quick else "DIFFER"
+    return {"notebook_test_acc": a, "lab_test_acc": b, "difference": a - b, "halfwidth": half, "agree": agree,
+            "short": f"{pct(a)} vs {pct(b)}, {pts(a - b)} (±{half:.2f} pt): {word}"}
+
+
+def notebook_section(r) -> Section:
+    nb, c = r.notebook, cross_check(r)
+    p = nb.parameters
+    rows = [[int(x["epoch"]), pct(x["train_acc"]), pct(x["val_acc"]), pct(x["test_acc"])] for x in nb.exercise1]
+    lab = [[t["epoch"], pct(t["train_acc"]), pct(t["val_acc"]), pct(t["test_acc"])] for t in r.step1.history]
+    verdict = ("they **agree**: the difference is within the noise" if c["agree"] else
+               "they **differ** by more than the noise" + (
+                   ". In a quick run that is expected: after a few epochs on 1,000 images the initial weights "
+                   "alone move test accuracy by points, which this interval (the test images' noise) does not "
+                   "cover; the full lab is the real check" if r.quick else
+                   ": look for a difference in the recipe"))
+    return "The lab notebook, executed, and cross-checked", [
+        ("p", "`lab_notebook.ipynb` (and `lab_notebook.html`) is the notebook students hand in: plain PyTorch "
+              "(numpy reads the IDX files, an nn.Module, a loop with `optimizer.zero_grad()`), every exercise "
+              "with its code, and answer cells rendered from its own numbers. It ran through a Jupyter kernel "
+              f"with the lab's settings ({p.get('epochs', 5)} epochs, the same split, device "
+              f"{p['device_name']}, {'bf16 autocast' if p['bf16'] else 'fp32'}) in {nb.seconds:.0f} s; "
+              "its files are in `notebook/`."),
+        ("p", "**Cross-check.** Exercise 1 in the notebook and the lab's own run (step 1) train the same network "
+              "with the same recipe (Adam lr 1e-3, batch 32, the same training and validation images) in two "
+              f"independent implementations, from different initial weights. Final test accuracy: notebook "
+              f"{pct(c['notebook_test_acc'])}, lab {pct(c['lab_test_acc'])}, difference {pts(c['difference'])}; "
+              f"the 95% interval of the difference of two accuracies on {TEST_IMAGES:,} images is "
+              f"±{c['halfwidth']:.2f} pt, so {verdict}."),
+        ("table", ["epoch", "notebook train acc", "notebook val acc", "notebook test acc"], rows),
+        ("table", ["epoch", "lab train acc", "lab val acc", "lab test acc"], lab),
+    ]
+
+
 def overview(r) -> Section:
     env, cfg = r.environment, r.config
     return "About this run", [
@@ -213,4 +256,7 @@ def overview(r) -> Section:
 
 
 def sections(r) -> list[Section]:
-    return [overview(r), exercise1(r), exercise2(r), exercise3(r), exercise4(r), quirks(r)]
+    secs = [overview(r), exercise1(r), exercise2(r), exercise3(r), exercise4(r), quirks(r)]
+    if r.notebook is not None and r.step1 is not None:
+        secs.append(notebook_section(r))
+    return secs
