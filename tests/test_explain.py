@@ -332,3 +332,25 @@ def test_api_reports_availability_and_the_explorer_has_it_per_run(client, runs_t
         mlp = c.post("/api/runs/sweep-notebook/mlp-e1/explain", json={"index": 3, "method": "gradcam"})
         assert mlp.status_code == 422 and "Grad-CAM needs a convolution" in mlp.json()["detail"]
         assert c.post("/api/runs/nope/explain", json={"index": 3}).status_code == 404
+
+
+# ---------------------------------------------------------------- the lab report
+def test_lab_report_shows_the_filters_and_explains_the_mistakes(trained_run, mnist_dir, tmp_path):
+    import shutil
+
+    from mnistlab.exercises.insight import insight_figures
+    from mnistlab.exercises.report.blocks import section_md
+    from mnistlab.exercises.report.sections import insight_blocks
+    from mnistlab.use.evaluate import evaluate_model
+
+    shutil.copy(trained_run / "model.safetensors", tmp_path / "model.safetensors")
+    ev = evaluate_model(load_model(tmp_path), data_dir=mnist_dir)
+    files = insight_figures(tmp_path, ev["mistakes"], mnist_dir)
+    assert {k: p.name for k, p in files.items()} == {"filters": "filters.png", "feature_maps": "feature-maps.png",
+                                                     "mistakes_ig": "mistakes-ig.png"}
+    for p in files.values():
+        with Image.open(p) as im:
+            assert im.size[0] > 300 and im.size[1] > 200
+    md = section_md(("Q4", insight_blocks(tmp_path)), tmp_path)
+    assert "![the learned filters of the convolution](filters.png)" in md
+    assert "![the feature maps of one test digit](feature-maps.png)" in md
