@@ -62,7 +62,7 @@ def test_why_overlays_the_drawn_digits_attribution(browser, model_server):  # no
     assert body["target"] == body["prediction"] == 1 and body["method"] == "ig"
     assert overlay.get_attribute("src") == body["png"]
     seen, over = page.locator("#seen").bounding_box(), overlay.bounding_box()
-    assert (round(over["width"]), round(over["height"])) == (round(seen["width"]), round(seen["height"])) == (168, 168)
+    assert (round(over["width"]), round(over["height"])) == (round(seen["width"]), round(seen["height"])) == (196, 196)
     assert (round(over["x"]), round(over["y"])) == (round(seen["x"]), round(seen["y"]))  # exactly over the image
     classes = page.locator("#why-classes button")
     expect(classes).to_have_count(11)  # "predicted" and 0-9

@@ -337,5 +337,5 @@ def heat_rgba(attribution: Any, scale: float | None = None) -> np.ndarray:
     a = _numpy(attribution).astype(np.float64)
     m = scale or float(np.abs(a).max()) or 1.0
     rgba = colormaps[HEAT_CMAP](np.clip(0.5 + 0.5 * a / m, 0.0, 1.0))
-    rgba[..., 3] = np.clip(np.abs(a) / m, 0.0, 1.0) ** 0.6 * 0.9
+    rgba[..., 3] = np.clip(np.abs(a) / m, 0.0, 1.0) ** 0.5
     return np.rint(rgba * 255).astype(np.uint8)
