@@ -145,6 +145,22 @@ def test_every_model_of_the_zoo(digits):
             assert m.ndim == 3 and m.shape[1] > 1
 
 
+def test_an_onnx_graph_gets_occlusion_and_a_clear_error_for_gradients(loaded, digits, tmp_path, cli, trained_run):
+    """An ONNX graph gives no gradients: occlusion (forward passes only) works and agrees with the PyTorch
+    weights; a gradient method says what to use instead."""
+    from mnistlab.files.checkpoints import save_model
+
+    x, _ = digits
+    graph = load_model(save_model(loaded.model, tmp_path / "m.onnx", dict(loaded.meta)))
+    assert graph.format == "onnx"
+    a = attribute(graph, x[:2], "occlusion", 7).maps
+    assert torch.allclose(a, attribute(loaded, x[:2], "occlusion", 7).maps, atol=1e-3)
+    with pytest.raises(Exception, match="needs gradients, which an ONNX graph does not give"):
+        attribute(graph, x[:2], "ig")
+    code, _, stderr = cli("explain", "--model", str(tmp_path / "m.onnx"), "--index", "0", "--out", str(tmp_path / "o"))
+    assert code == 2 and stderr.count("\n") == 1 and "--method occlusion" in stderr
+
+
 def test_attributions_leave_the_model_in_eval_mode_in_fp32(loaded, digits):
     x, _ = digits
     loaded.model.train()  # whatever the caller did, attributions use eval mode (no dropout)

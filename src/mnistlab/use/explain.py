@@ -80,6 +80,12 @@ class PixelModel(nn.Module):
         return self.net(x).float()
 
 
+def _check_gradients(loaded: LoadedModel, method: str) -> None:
+    if loaded.format == "onnx" and method != "occlusion":
+        raise MnistlabError(f"{METHODS[method]} needs gradients, which an ONNX graph does not give; use the "
+                            "run's model.safetensors, or --method occlusion")
+
+
 def convolutions(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     """The model's Conv2d layers in the order they were defined (the order the zoo's models apply them)."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -117,9 +123,7 @@ def attribute(loaded: LoadedModel, images: Any, method: str = "ig", targets: int
     check_method(method)
     ca = _captum()
     x = _batch(images)
-    if loaded.format == "onnx" and method != "occlusion":
-        raise MnistlabError(f"{METHODS[method]} needs gradients, which an ONNX graph does not give; use the "
-                            "run's model.safetensors, or --method occlusion")
+    _check_gradients(loaded, method)
     model = PixelModel(loaded).eval()
     loaded.model.eval()
     with _LOCK, torch.autocast("cpu", enabled=False), torch.enable_grad():
@@ -257,6 +261,7 @@ def explain(loaded: LoadedModel, inputs: Sequence[Input], methods: Sequence[str]
     README.md saying what each file shows. Returns explain.json's content."""
     for m in methods:
         check_method(m)
+        _check_gradients(loaded, m)
     if target is not None:
         _check_target(target)
     _captum()
