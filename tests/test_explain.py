@@ -229,6 +229,7 @@ def test_a_model_without_convolution(cli, runs_tree, mnist_dir, tmp_path):
     code, stdout, stderr = cli("explain", "--model", str(mlp), "--index", "0", "--method", "gradcam",
                                "--out", str(tmp_path / "mlp2"), "--data-dir", str(mnist_dir))
     assert code == 2 and stderr.count("\n") == 1 and "Grad-CAM needs a convolution" in stderr
+    assert not (tmp_path / "mlp2").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize("args", [

@@ -262,6 +262,9 @@ def explain(loaded: LoadedModel, inputs: Sequence[Input], methods: Sequence[str]
     for m in methods:
         check_method(m)
         _check_gradients(loaded, m)
+    if "gradcam" in methods and not convolutions(loaded.model):
+        raise MnistlabError(f"Grad-CAM needs a convolution, and model {loaded.name!r} has none; use --method ig, "
+                            "saliency or occlusion")
     if target is not None:
         _check_target(target)
     _captum()
