@@ -38,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", action="append", choices=list(METHODS), metavar="|".join(METHODS),
                    help="attribution method (repeat for several; default ig: Integrated Gradients)")
     p.add_argument("--target", type=target_class, metavar="CLASS",
-                   help="also explain this class (0-9) for every input")
+                   help="explain this class (0-9) beside the predicted one, for every input (default: the "
+                        "true class of a mistake, else the runner-up)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/explain for a run directory, else "
                                                 "./explain-<model file name>); replaced if explain wrote it")
     add_data_options(p)

@@ -147,7 +147,7 @@ def attribute(loaded: LoadedModel, images: Any, method: str = "ig", targets: int
             delta = [float(v) for v in d]
             settings = {"n_steps": n_steps, "integration": "gausslegendre", "baseline": "blank image (zeros)"}
         elif method == "saliency":
-            maps = ca.Saliency(model).attribute(x.requires_grad_(), target=target, abs=True)
+            maps = ca.Saliency(model).attribute(x.clone().requires_grad_(), target=target, abs=True)
             settings = {"abs": True}
         elif method == "occlusion":
             with torch.no_grad():
