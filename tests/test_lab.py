@@ -22,7 +22,8 @@ ARTIFACTS = [
     "notebook/exercise1_accuracy.csv", "notebook/mnist_cnn_state_dict.pt",
     "exercise1/inspect.json", "exercise1/metrics.csv", "exercise1/initial.safetensors", "exercise1/model.safetensors",
     "exercise1/accuracy.csv", "exercise1/accuracy.json", "exercise1/analysis.json", "exercise1/curves.png",
-    "exercise1/confusion.png", "exercise1/mistakes.png",
+    "exercise1/confusion.png", "exercise1/mistakes.png", "exercise1/filters.png", "exercise1/feature-maps.png",
+    "exercise1/mistakes-ig.png",
     "exercise2/sweep.csv", "exercise2/sweep.json", "exercise2/sweep.png",
     "exercise3/compare.csv", "exercise3/compare.md", "exercise3/compare.png", "exercise3/initial.safetensors",
     "exercise3/adam/metrics.csv", "exercise3/sgd/metrics.csv", "exercise3/plain-sgd/metrics.csv",
@@ -146,6 +147,8 @@ def test_html_is_self_contained_with_tables_and_images(lab_run):
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", (out / "report.md").read_text())
     assert len(images) == len(figures) >= 6 and all(src.startswith("data:image/png;base64,") for src in images)
     assert all((out / f).is_file() for f in figures)  # report.md's relative links resolve
+    for figure in ("exercise1/filters.png", "exercise1/feature-maps.png", "exercise1/mistakes-ig.png"):
+        assert figure in figures  # question 4 shows the learned filters; the mistakes are explained
     assert "http://" not in page and "https://" not in page
     assert "TRUSTED SOURCES ONLY" in page
 

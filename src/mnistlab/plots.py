@@ -236,3 +236,106 @@ def _epoch_axes(fig: Figure, ax: Any, out: str | Path, ylabel: str, title: str) 
     ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return _savefig(fig, out)
+
+
+# ---------------------------------------------------------------- what the network learned (use/explain.py)
+HEAT_CMAP = "RdBu_r"  # red: pixels speaking for the class, blue: against it, white: no say
+
+
+def _mosaic(maps: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
+    """(C, H, W) -> one (rows*(H+pad), cols*(W+pad)) array of the maps in a grid, NaN (blank) between them."""
+    c, h, w = maps.shape
+    rows = math.ceil(c / cols)
+    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), np.nan)
+    for i in range(c):
+        y, x = (i // cols) * (h + pad), (i % cols) * (w + pad)
+        out[y : y + h, x : x + w] = maps[i]
+    return out
+
+
+def filters_plot(weights: Any, out: str | Path, title: str = "") -> Path:
+    """A convolution's learned filters (C, kh, kw), one tile each, on a shared scale around zero (red: positive
+    weight, blue: negative). Returns `out`."""
+    w = _numpy(weights).astype(np.float64)
+    cols = min(8, len(w))
+    m = np.abs(w).max() or 1.0
+    mosaic = _mosaic(w, cols)
+    fig, ax = _figure(figsize=(cols * 0.75 + 0.9, math.ceil(len(w) / cols) * 0.75 + 0.7))
+    im = ax.imshow(mosaic, cmap="RdBu_r", vmin=-m, vmax=m, interpolation="nearest")
+    ax.set_axis_off()
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="weight")
+    ax.set_title(title or f"{len(w)} learned filters", fontsize=9)
+    fig.tight_layout()
+    return _savefig(fig, out)
+
+
+def feature_maps_plot(image: Any, layers: Sequence[tuple[str, Any]], out: str | Path, title: str = "",
+                      max_maps: int = 32) -> Path:
+    """The input image, then each layer's feature maps (name, (C, H, W)), the first `max_maps` channels of
+    each, every map scaled to its own range (bright: strong response). Returns `out`."""
+    img = _numpy(image).reshape(28, 28)
+    fig, axes = _figure(1, 1 + len(layers), figsize=(2.2 + 4.2 * len(layers), 3.4), squeeze=False,
+                        gridspec_kw={"width_ratios": [1] + [3] * len(layers)})
+    axes = axes[0]
+    axes[0].imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes[0].set_title("input", fontsize=9)
+    for ax, (name, maps) in zip(axes[1:], layers, strict=True):
+        a = _numpy(maps).astype(np.float64)[:max_maps]
+        lo, hi = a.min(axis=(1, 2), keepdims=True), a.max(axis=(1, 2), keepdims=True)
+        a = (a - lo) / np.where(hi > lo, hi - lo, 1.0)
+        ax.imshow(_mosaic(a, 8), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        shown = f"first {len(a)} of {len(_numpy(maps))}" if len(_numpy(maps)) > len(a) else f"{len(a)}"
+        ax.set_title(f"{name}: {shown} maps, {a.shape[1]}x{a.shape[2]}", fontsize=9)
+    for ax in axes:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _savefig(fig, out)
+
+
+def attribution_plot(rows: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> Path:
+    """Heat maps over images: each row is {"image": (28, 28) in [0, 1], "label": text, "maps": [(caption,
+    (28, 28) attribution), ...]}. The first column shows the image; each heat map is drawn in red (for the
+    class) and blue (against it), on one scale per row, with the digit's outline on top. Returns `out`."""
+    if not rows:
+        raise ValueError("attribution_plot needs at least one row")
+    cols = 1 + max(len(r["maps"]) for r in rows)
+    w, cap = 28, 12  # cell width and caption room, in pixels
+    cell_w, cell_h = w + 4, w + cap
+    fig, ax = _figure(figsize=(cols * 1.45, len(rows) * 1.6 + (0.3 if title else 0)))
+    ax.set_axis_off()
+    ax.set_xlim(0, cols * cell_w)
+    ax.set_ylim(len(rows) * cell_h, 0)
+    for i, r in enumerate(rows):
+        img = _numpy(r["image"]).reshape(28, 28).astype(np.float64)
+        y0 = i * cell_h + cap
+        ext = (2, 2 + w, y0 + w, y0)
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest", extent=ext)
+        ax.text(2 + w / 2, y0 - 1, r.get("label", ""), ha="center", va="bottom", fontsize=7)
+        maps = [(c, _numpy(m).reshape(28, 28).astype(np.float64)) for c, m in r["maps"]]
+        m = max([np.abs(a).max() for _, a in maps] + [1e-12])
+        for j, (caption, a) in enumerate(maps, 1):
+            x0 = j * cell_w + 2
+            ext = (x0, x0 + w, y0 + w, y0)
+            ax.imshow(a, cmap=HEAT_CMAP, vmin=-m, vmax=m, interpolation="bilinear", extent=ext)
+            ax.contour(np.linspace(x0 + 0.5, x0 + w - 0.5, 28), np.linspace(y0 + 0.5, y0 + w - 0.5, 28), img,
+                       levels=[0.5], colors="k", linewidths=0.5, alpha=0.6)
+            ax.text(x0 + w / 2, y0 - 1, caption, ha="center", va="bottom", fontsize=7)
+    ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _savefig(fig, out)
+
+
+def heat_rgba(attribution: Any, scale: float | None = None) -> np.ndarray:
+    """An (H, W) attribution as (H, W, 4) uint8 RGBA to lay over the image: red for, blue against, and
+    transparent where a pixel has no say (opacity grows with |attribution| / `scale`, default its max)."""
+    from matplotlib import colormaps
+
+    a = _numpy(attribution).astype(np.float64)
+    m = scale or float(np.abs(a).max()) or 1.0
+    rgba = colormaps[HEAT_CMAP](np.clip(0.5 + 0.5 * a / m, 0.0, 1.0))
+    rgba[..., 3] = np.clip(np.abs(a) / m, 0.0, 1.0) ** 0.5
+    return np.rint(rgba * 255).astype(np.uint8)

@@ -20,6 +20,7 @@ COMMANDS = [
     "train",
     "inspect",
     "predict",
+    "explain",
     "evaluate",
     "export",
     "serve",

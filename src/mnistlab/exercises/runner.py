@@ -3,7 +3,8 @@ comes from the runs made here, and the plain-PyTorch lab notebook executed with 
 
     lab_dir/
       exercise1/   inspect.json, the notebook preset's run (metrics.csv, model.safetensors, initial.safetensors),
-                   accuracy.csv/json (Q7), analysis.json (Q6), curves.png, confusion.png, mistakes.png
+                   accuracy.csv/json (Q7), analysis.json (Q6), curves.png, confusion.png, mistakes.png,
+                   filters.png, feature-maps.png (Q4), mistakes-ig.png (why the mistakes; with Captum)
       exercise2/   the sweep: sweep.csv, sweep.json, sweep.png, one run directory per trained setting
       exercise3/   the comparison: compare.csv/md/json, compare.png, initial.safetensors, one run per optimizer
       exercise4/   the model saved three ways, exercise4.json (reloaded predictions vs originals), samples.png
@@ -31,6 +32,7 @@ import torch
 
 from mnistlab.exercises.analysis import analyse, analyse_run, write_analysis
 from mnistlab.exercises.anatomy import inspect
+from mnistlab.exercises.insight import insight_figures
 from mnistlab.experiments.compare import CompareResult, compare, save_state, states_equal
 from mnistlab.experiments.sweep import SweepResult, sweep
 from mnistlab.files.checkpoints import model_metadata
@@ -122,6 +124,7 @@ def _exercise1(r: LabResult, data_dir, quiet: bool) -> None:
     r.step1 = train(config=r.config, out=ex1, data_dir=data_dir, quiet=quiet, init_state=init)
     r.environment = read_json(ex1 / "env.json")  # what step 1 ran on, its training precision included
     r.analysis, r.evaluation = analyse_run(ex1, data_dir)
+    insight_figures(ex1, r.evaluation["mistakes"], data_dir)  # question 4's filters, the mistakes explained
 
 
 def _exercise2(r: LabResult, data_dir, quiet: bool) -> None:

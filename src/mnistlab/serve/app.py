@@ -5,6 +5,7 @@
     POST /api/predict      multipart field `file` (PNG/JPEG) or JSON {"pixels": 28x28 numbers in [0, 1]}
     GET  /api/model        name, preset, parameter count, test accuracy
     GET  /api/samples?n=12 random test images with their labels and predictions (the gallery)
+    GET/POST /api/explain  attributions: why the model answered what it did (serve/explain_api.py)
     GET  /api/health       liveness
     GET  /runs ...         the runs explorer and its /api/runs APIs (serve/explorer.py), given `runs_dir`
     GET  /docs, /openapi.json
@@ -23,6 +24,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from mnistlab import __version__
+from mnistlab.serve.explain_api import explain_router
 from mnistlab.serve.explorer import Explorer, explorer_router
 from mnistlab.serve.model_api import MAX_UPLOAD, Served, model_router
 from mnistlab.use.predict import LoadedModel
@@ -56,6 +58,7 @@ def create_app(loaded_model: LoadedModel | None, *, data_dir: str | Path | None 
 
     if served is not None:
         app.include_router(model_router(lambda: served, max_upload), prefix="/api")
+        app.include_router(explain_router(lambda: served, max_upload), prefix="/api")
     if runs_dir is not None:
         app.include_router(explorer_router(Explorer(runs_dir, data_dir), max_upload))
     return app

@@ -6,6 +6,7 @@
     GET /api/runs/{id}/confusion           the saved model's fp32 evaluation on the test split
     GET /api/runs/{id}/images?true=T&pred=P  every test image of one confusion-matrix cell
     GET /api/runs/{id}/model, /samples; POST /api/runs/{id}/predict   the draw-a-digit API for the run's model
+    GET/POST /api/runs/{id}/explain        the run's model's attributions (serve/explain_api.py)
 
 Ids are resolved by `runs.RunsRoot` (inside the root or 404). A run's model is loaded on first use and
 kept, with its test-split predictions, until its model.safetensors changes (a few runs at a time).
@@ -31,6 +32,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from mnistlab.errors import MnistlabError
+from mnistlab.serve.explain_api import explain_router
 from mnistlab.serve.model_api import MAX_UPLOAD, Served, model_router
 from mnistlab.serve.runs import NotFound, RunsRoot
 from mnistlab.use.evaluate import SplitPredictions, evaluate_model, predict_split
@@ -205,6 +207,8 @@ def explorer_router(explorer: Explorer, max_upload: int = MAX_UPLOAD) -> APIRout
         return body
 
     router.include_router(model_router(explorer.served, max_upload), prefix="/api/runs/{run_id:path}",
+                          tags=["runs"])
+    router.include_router(explain_router(explorer.served, max_upload), prefix="/api/runs/{run_id:path}",
                           tags=["runs"])
 
     @router.get("/api/runs/{run_id:path}/confusion", response_model=Confusion, tags=["runs"])

@@ -75,7 +75,7 @@ def exercise1(r) -> Section:
         _q(3), ("p", f"**{info['weight_layers']}** layers with weights (a 3x3 convolution and two fully connected "
                      f"layers); with the flatten step, {len(info['layers'])} layer modules. "
                      f"{info['total_params']:,} parameters."),
-        _q(4), ("p", layers + "."), inspect_blocks(info)[1],
+        _q(4), ("p", layers + "."), inspect_blocks(info)[1], *insight_blocks(d),
         _q(5), ("p", f"**{opt['name']}**, " + ", ".join(f"{k} = {v}" for k, v in opt["params"].items()
                                                        if k in ("lr", "betas", "eps", "weight_decay", "amsgrad",
                                                                 "momentum")) + ". Loss: " + info["loss"] + "."),
@@ -94,7 +94,27 @@ def exercise1(r) -> Section:
     ]
     if (d / "mistakes.png").exists():
         blocks.append(("img", d / "mistakes.png", "the most confident mistakes"))
+    if (d / "mistakes-ig.png").exists():
+        blocks += [("p", "Why the model made them (Integrated Gradients, `mnistlab explain --mistakes 8`): the "
+                         "pixels that speak for the predicted class (red) beside those that speak for the true "
+                         "class; blue pixels speak against it."),
+                   ("img", d / "mistakes-ig.png", "the most confident mistakes explained: predicted and true class")]
     return "Exercise 1: reading the notebook, accuracy per epoch", blocks
+
+
+def insight_blocks(d) -> list[Block]:
+    """Question 4, shown: the trained convolution's filters and what they compute from one test digit."""
+    blocks: list[Block] = []
+    if (d / "filters.png").exists():
+        blocks += [("p", "What the trained convolution learned: each of its filters is a 3x3 grid of weights "
+                         "slid over the image (red positive, blue negative); most respond to an edge or a stroke "
+                         "in one direction."),
+                   ("img", d / "filters.png", "the learned filters of the convolution")]
+    if (d / "feature-maps.png").exists():
+        blocks += [("p", "The feature maps one test digit produces there (the convolution's output, before "
+                         "ReLU): each shows where its filter responds."),
+                   ("img", d / "feature-maps.png", "the feature maps of one test digit")]
+    return blocks
 
 
 def _accuracy_table(table: list[dict[str, Any]]) -> Block:

@@ -21,6 +21,7 @@ let inked = false;
 let timer = null;
 let latest = 0; // id of the latest request sent; older answers are dropped
 let inflight = 0;
+let shownRequest = null; // how the shown result was asked for (why.js sends the same image to /explain)
 
 // ---------------------------------------------------------------- display
 const bars = [];
@@ -65,6 +66,7 @@ function showResult(res) {
     bars[d].classList.toggle("top", d === top);
   });
   paint(seen, res.input);
+  document.dispatchEvent(new CustomEvent("mnistlab:result", { detail: res }));
 }
 
 function resetResult() {
@@ -91,6 +93,7 @@ async function predict(makeRequest, what) {
       setStatus("error " + r.status + ": " + (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)), true);
       return;
     }
+    shownRequest = makeRequest;
     showResult(body);
     setStatus(what);
   } catch (err) {
@@ -171,6 +174,7 @@ document.getElementById("clear").addEventListener("click", () => {
   timer = null;
   latest++; // answers still on their way are for the old drawing
   clearPad();
+  shownRequest = null;
   resetResult();
   setStatus("Draw a digit with the mouse, a pen or a finger.");
 });
@@ -236,6 +240,7 @@ async function loadGallery() {
         // the gallery's own result: the test image exactly as the model saw it, no re-preprocessing
         clearPad();
         latest++;
+        shownRequest = async () => ({ headers: { "content-type": "application/json" }, body: JSON.stringify({ index: s.index }) });
         showResult({ prediction: s.prediction, probabilities: s.probabilities, blank: false, input: s.pixels });
         setStatus("test image #" + s.index + " (label " + s.label + ")");
       });
