@@ -33,7 +33,7 @@ def numbers(history):
 def test_compare_starts_every_optimizer_from_the_same_weights(mnist_dir, tmp_path):
     out = tmp_path / "cmp"
     r = mnistlab("compare", "--optimizers", "adam,sgd", "--opt", "sgd:lr=0.05", "--epochs", "1", "--subset",
-                 "300", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
+                 "300", "--test-subset", "500", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     assert "adam vs sgd" in r.stdout
     initial, _ = read_safetensors(out / "initial.safetensors")
@@ -72,7 +72,7 @@ def test_compare_defaults_and_errors():
 
 
 def test_sweep_reuse_equals_training_the_shorter_setting(mnist_dir, tmp_path):
-    common = dict(subset=400, val=100, device="cpu", seed=3, data_dir=mnist_dir, quiet=True)
+    common = dict(subset=400, val=100, test_subset=500, device="cpu", seed=3, data_dir=mnist_dir, quiet=True)
     s = sweep("notebook", lrs=[1e-3], epochs=[1, 2], out=tmp_path / "sweep", **common)
     assert len(s.rows) == 2 and len(list((tmp_path / "sweep").glob("lr*"))) == 1  # one run served both
     assert any("serves epochs 1, 2" in n for n in s.notes)
@@ -99,7 +99,7 @@ def test_sweep_reuse_equals_training_the_shorter_setting(mnist_dir, tmp_path):
 
 def test_sweep_cli_parallel_jobs(mnist_dir, tmp_path):
     out = tmp_path / "grid"
-    r = mnistlab("sweep", "--lr", "1e-3,3e-3", "--epochs", "1", "--subset", "300", "--val", "100", "--jobs", "2",
+    r = mnistlab("sweep", "--lr", "1e-3,3e-3", "--epochs", "1", "--subset", "300", "--val", "100", "--test-subset", "500", "--jobs", "2",
                  "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     assert "2 runs in 2 parallel processes, 1 CPU thread(s) each" in r.stdout

@@ -192,8 +192,8 @@ def _fast_seeds(opts: BenchOptions, conn) -> None:
     """Child process: train the `fast` preset once per seed; report accuracies and training seconds."""
     try:
         def run(seed: int, subset: int | None):
-            return train("fast", seed=seed, subset=subset, device=opts.device, data_dir=opts.data_dir, quiet=True,
-                         write_run=False)
+            return train("fast", seed=seed, subset=subset, test_subset=opts.test_subset, device=opts.device,
+                         data_dir=opts.data_dir, quiet=True, write_run=False)
 
         # One untimed warm-up on WARMUP_IMAGES: kernel selection (oneDNN primitives, cuDNN), the allocator's
         # first growth and CUDA context start-up are per-process costs, not per-training ones.

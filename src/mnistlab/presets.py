@@ -44,6 +44,7 @@ class Config:
     double_softmax: bool = False  # the notebook's quirk: softmax before CrossEntropyLoss
     dataset: str = "mnist"
     subset: int | None = None  # train on the first N training images
+    test_subset: int | None = None  # score on the first N test images (None: all of them)
     val: int = 0  # hold out the last N training images as a validation split
     early_stop: int | None = None  # stop when validation accuracy has not improved for this many epochs
     seed: int = 0
@@ -167,8 +168,9 @@ def validate(cfg: Config) -> None:
     for key in ("batch_size", "test_batch_size", "epochs"):
         if int(getattr(cfg, key)) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if cfg.subset is not None and cfg.subset < 1:
-        raise ConfigError(f"subset must be at least 1, got {cfg.subset}")
+    for key in ("subset", "test_subset"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.val < 0:
         raise ConfigError(f"val must be 0 or more, got {cfg.val}")
     if cfg.subset is not None and cfg.val >= cfg.subset:

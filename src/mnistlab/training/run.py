@@ -77,7 +77,8 @@ class Data:
 
 def load_data(cfg: Config, device: torch.device, data_dir: str | Path | None = None,
               env: distributed.DistEnv | None = None) -> Data:
-    """The Config's train/val/test splits as on-device loaders (val = last `cfg.val` training images)."""
+    """The Config's train/val/test splits as on-device loaders (val = last `cfg.val` training images; test =
+    the first `cfg.test_subset` test images, all of them by default)."""
     env = env or distributed.DistEnv()
     images, labels = load_split(cfg.dataset, "train", data_dir)
     if cfg.subset is not None:
@@ -93,6 +94,8 @@ def load_data(cfg: Config, device: torch.device, data_dir: str | Path | None = N
     if cfg.val:
         evals["val"] = DeviceLoader(images[n_train:], labels[n_train:], cfg.test_batch_size, **common)
     test_images, test_labels = load_split(cfg.dataset, "test", data_dir)
+    if cfg.test_subset is not None:
+        test_images, test_labels = test_images[: cfg.test_subset], test_labels[: cfg.test_subset]
     evals["test"] = DeviceLoader(test_images, test_labels, cfg.test_batch_size, **common)
     return Data(train, evals)
 
