@@ -127,11 +127,6 @@ PRESETS: dict[str, Config] = {
 }
 
 
-def register_preset(config: Config) -> Config:
-    PRESETS[config.preset] = config
-    return config
-
-
 def resolve(preset: str = "notebook", *, base: Config | None = None, **overrides: Any) -> Config:
     """The preset's Config (or `base`, e.g. from `load_config`) with `overrides` applied (None values are
     ignored; opt_args are merged)."""

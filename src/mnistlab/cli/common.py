@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mnistlab.errors import ConfigError
 from mnistlab.presets import PRESETS, parse_opt
 
 
@@ -95,7 +94,3 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         over["opt_args"] = parse_opt(args.opt)
     return over
 
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import Any
 
 from mnistlab.training.engine import Callback
 
@@ -19,15 +19,13 @@ def format_epoch(row: dict[str, Any], epochs: int) -> str:
 
 
 class Progress(Callback):
-    """Engine callback: a bar per epoch when `stream` is a terminal, one line per epoch always."""
+    """Engine callback: a bar per epoch when stdout is a terminal, one line per epoch always."""
 
-    def __init__(self, epochs: int, stream: TextIO | None = None, quiet: bool = False) -> None:
+    def __init__(self, epochs: int) -> None:
         self.epochs = epochs
-        self.stream = stream or sys.stdout
-        self.quiet = quiet
         self._bar = None
         self._task = None
-        if not quiet and self.stream.isatty():
+        if sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
@@ -49,5 +47,4 @@ class Progress(Callback):
         if self._bar is not None:
             self._bar.remove_task(self._task)
             self._bar.stop()
-        if not self.quiet:
-            print(format_epoch(row, self.epochs), file=self.stream, flush=True)
+        print(format_epoch(row, self.epochs), flush=True)
