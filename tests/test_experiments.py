@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from mnistlab.errors import ConfigError
-from mnistlab.experiments.compare import compare, compare_verdict, parse_optimizers, parse_scoped_opts
+from mnistlab.experiments.compare import compare, compare_verdict, parse_optimizers
 from mnistlab.experiments.sweep import SweepResult, choose, describe, sweep
 from mnistlab.files.checkpoints import read_safetensors
 from mnistlab.files.runs import read_json, read_metrics
-from mnistlab.presets import Config, resolve
+from mnistlab.presets import Config, parse_opt, resolve
 from mnistlab.training.run import init_weights, train
 
 KEYS = ["train_loss", "train_acc", "test_loss", "test_acc"]
@@ -55,16 +55,26 @@ def test_compare_starts_every_optimizer_from_the_same_weights(mnist_dir, tmp_pat
     assert (out / "compare.png").stat().st_size > 0
     verdict = json.loads((out / "compare.json").read_text())["verdict"]["pairs"][0]
     assert verdict["ahead"][0] in ("adam", "sgd")
+    # Both runs reused (nothing trained): the same numbers. A run from before the training precision was recorded
+    # is refused, as sweep refuses it.
+    both = {label: out / label for label in ("adam", "sgd")}
+    reused = compare(config=cfg, opts={"sgd": {"lr": 0.05}}, reuse=both, out=tmp_path / "again", quiet=True)
+    assert [numbers(reused.histories[k]) for k in both] == [numbers(read_metrics(p)) for p in both.values()]
+    env = json.loads((out / "sgd" / "env.json").read_text())
+    del env["amp_dtype"]
+    (out / "sgd" / "env.json").write_text(json.dumps(env))
+    with pytest.raises(ConfigError, match="older mnistlab"):
+        compare(config=cfg, opts={"sgd": {"lr": 0.05}}, reuse=both, out=tmp_path / "old", quiet=True)
 
 
 def test_compare_defaults_and_errors():
     base = resolve("notebook")
     assert parse_optimizers("adam,sgd,plain=sgd") == [("adam", "Adam"), ("sgd", "SGD"), ("plain", "SGD")]
-    assert parse_scoped_opts(["sgd:lr=0.01", "sgd:nesterov=true"]) == {"sgd": {"lr": 0.01, "nesterov": True}}
+    assert parse_opt(["sgd:lr=0.01", "sgd:nesterov=true"], scoped=True) == {"sgd": {"lr": 0.01, "nesterov": True}}
     with pytest.raises(ConfigError, match="at least two"):
         parse_optimizers("adam")
     with pytest.raises(ConfigError, match="OPTIMIZER:KEY=VALUE"):
-        parse_scoped_opts(["lr=0.01"])
+        parse_opt(["lr=0.01"], scoped=True)
     with pytest.raises(ConfigError, match="not among"):
         compare(config=base, optimizers="adam,sgd", opts={"rmsprop": {"lr": 1.0}})
     r = mnistlab("compare", "--optimizers", "adam,adamm")

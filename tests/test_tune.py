@@ -87,7 +87,7 @@ def test_bad_tune_options_are_one_line_errors(cli, tmp_path):
         (["--space", "momentum=0.8..0.9"], "'momentum' is not a tunable setting"),
         (["--space", "lr=1e-4..1e-2", "--sampler", "grid"], "the grid sampler needs listed values"),
         (["--space", "lr=1e-4..1e-2", "--lr", "1e-3"], "lr is both fixed (--lr) and tuned (--space)"),
-        (["--space", "lr=1e-4..1e-2", "--val", "0"], "--val must be at least 1"),
+        (["--space", "lr=1e-4..1e-2", "--val", "0"], "tune chooses by validation accuracy: hold out a validation split"),
         (["--space", "optimizer=adam,sgd", "--sampler", "cmaes"], "cmaes searches numeric ranges only"),
         (["--space", "lr=1e-4..1e-2", "--storage", "mysql://u@h/db"], "use a journal file path, sqlite:///FILE"),
         ([], "give at least one --space"),

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from mnistlab.errors import ConfigError
-from mnistlab.experiments.trial import same_run
+from mnistlab.experiments.trial import reuse_problem
 from mnistlab.files.checkpoints import model_metadata, read_safetensors, save_safetensors
 from mnistlab.files.runs import atomic_write, new_run_dir, read_json, read_metrics, write_json, write_metrics
-from mnistlab.presets import Config, optimizer_class, parse_value, resolve, validate
+from mnistlab.presets import Config, optimizer_class, resolve, validate
 from mnistlab.stats import Difference
 from mnistlab.tables import csv_text, md_table, pct
 from mnistlab.training.run import build, init_weights, train
@@ -55,18 +55,6 @@ def parse_optimizers(spec: str | Sequence[str]) -> list[tuple[str, str]]:
     labels = [label for label, _ in out]
     if len(out) < 2 or len(set(labels)) != len(labels):
         raise ConfigError(f"compare needs at least two distinct optimizer labels, got {', '.join(labels) or 'none'}")
-    return out
-
-
-def parse_scoped_opts(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
-    """`--opt sgd:lr=0.01` items -> {"sgd": {"lr": 0.01}}."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items or []:
-        scope, colon, rest = item.partition(":")
-        key, eq, value = rest.partition("=")
-        if not colon or not eq or not scope.strip() or not key.strip():
-            raise ConfigError(f"--opt expects OPTIMIZER:KEY=VALUE for compare, got {item!r}")
-        out.setdefault(scope.strip().lower(), {})[key.strip()] = parse_value(value)
     return out
 
 
@@ -149,11 +137,12 @@ def compare(preset: str = "notebook", optimizers: str | Sequence[str] = ("adam",
 
 
 def _reuse_run(source: Path, cfg: Config, init_state: dict[str, torch.Tensor], dest: Path) -> list[dict[str, Any]]:
-    src_cfg = Config.from_dict(read_json(source / "config.json"))
     history = read_metrics(source)
-    if not same_run(src_cfg, cfg) or len(history) < cfg.epochs:
-        raise ConfigError(f"{source}: not the same run as this comparison's {cfg.optimizer} "
-                          f"(settings differ or fewer than {cfg.epochs} epochs); cannot reuse it")
+    problem = reuse_problem(source, cfg) or (f"fewer than {cfg.epochs} epochs" if len(history) < cfg.epochs else None)
+    if problem is not None:
+        raise ConfigError(f"{source}: not the same run as this comparison's {cfg.optimizer} ({problem}); "
+                          "cannot reuse it")
+    src_cfg = Config.from_dict(read_json(source / "config.json"), str(source))
     initial = source / "initial.safetensors"
     start = read_safetensors(initial)[0] if initial.exists() else init_weights(src_cfg)
     if not states_equal(start, init_state):

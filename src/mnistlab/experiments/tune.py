@@ -1,6 +1,7 @@
 """`tune()`: Exercise 2 as a search, on Optuna. Trials sample a `--space` around a preset, each trains an
 ordinary run directory through the trial runner sweep uses, reports its validation accuracy after every
-epoch (the pruner may stop it there), and is judged by its final validation accuracy. The test accuracy of
+epoch (the pruner may stop it there), and is judged by the validation accuracy of the model it saves: its best
+epoch's under `--early-stop`, else its last epoch's. The test accuracy of
 completed trials is recorded beside it and never used to choose.
 
     tune("notebook", ["lr=1e-4..1e-2:log", "epochs=2..10"], trials=30, sampler="tpe", pruner="asha")
@@ -40,13 +41,11 @@ from mnistlab.experiments.study import (
     retried_from,
     storage_url,
 )
-from mnistlab.experiments.trial import config_json, run_trial
+from mnistlab.experiments.trial import config_json, held_out, run_trial
 from mnistlab.files.runs import read_metrics
 from mnistlab.tables import pct
 from mnistlab.training.distributed import usable_cpus
 from mnistlab.training.pruning import Pruning
-
-DEFAULT_VAL = 10_000  # validation images held out of the training set: what every trial is judged on
 
 
 @dataclass
@@ -125,10 +124,7 @@ def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | N
     worker processes, the CPU threads divided between them. `report` writes the study's report files into
     `out` (default runs/tune-<study>) at the end.
     """
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.setdefault("val", DEFAULT_VAL)
-    if overrides["val"] < 1:
-        raise ConfigError("tune chooses on a validation split: --val must be at least 1")
+    overrides = held_out("tune", overrides)
     tuned = [s.partition("=")[0].strip().replace("-", "_") for s in space]
     if clash := sorted(set(tuned) & set(overrides)):
         raise ConfigError(f"{clash[0]} is both fixed (--{clash[0].replace('_', '-')}) and tuned (--space)")
@@ -225,7 +221,8 @@ def _requeue(study: optuna.Study) -> None:
 
 
 def objective(trial: optuna.Trial, s: Settings, admission: Admission) -> float:
-    """Train one sampled configuration into `<out>/trial-NNNN`; its final validation accuracy.
+    """Train one sampled configuration into `<out>/trial-NNNN`; the validation accuracy of its saved model (the
+    best epoch's under early stopping, else the last epoch's).
 
     A retry of a failed trial (Optuna's `failed_trial` system attribute) continues from the failed trial's
     checkpoint when this machine has it. A pruned trial raises optuna.TrialPruned once the epoch the
