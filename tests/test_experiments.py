@@ -77,6 +77,10 @@ def test_compare_defaults_and_errors():
         parse_opt(["lr=0.01"], scoped=True)
     with pytest.raises(ConfigError, match="not among"):
         compare(config=base, optimizers="adam,sgd", opts={"rmsprop": {"lr": 1.0}})
+    with pytest.raises(ConfigError, match="unknown setting 'job'"):  # neither a SweepSpec field nor a setting
+        sweep("notebook", job=2)
+    with pytest.raises(ConfigError, match="give a ready config or settings"):
+        compare(config=base, epochs=2)
     r = mnistlab("compare", "--optimizers", "adam,adamm")
     assert r.returncode == 2 and "unknown optimizer 'adamm'" in r.stderr and "Traceback" not in r.stderr
 

@@ -33,8 +33,9 @@ import torch
 
 from mnistlab.data.loader import DeviceLoader
 from mnistlab.errors import ConfigError
+from mnistlab.experiments.trial import make_spec
 from mnistlab.files.runs import new_run_dir, write_json
-from mnistlab.presets import Config, resolve
+from mnistlab.presets import Config
 from mnistlab.training.device import amp_dtype, autocast, cpu_training_mode, pick_device
 from mnistlab.training.engine import loss_fn
 from mnistlab.training.optim import make_optimizer
@@ -97,17 +98,38 @@ def suggest(lrs: list[float], smoothed: list[float], schedule: str | None = None
     return float(f"{rate:.2g}"), rule, lrs[low], steep
 
 
-def lr_find(preset: str = "notebook", *, config: Config | None = None, start_lr: float = 1e-7,
-            end_lr: float = 10.0, steps: int = 300, smoothing: float = 0.98, diverge: float = 4.0,
-            out: str | Path | None = None, data_dir: str | Path | None = None, write: bool = True,
-            **overrides: Any) -> LrFindResult:
-    """Run the range test for `preset` (with overrides) or `config`; with `write`, lr_find.json and lr_find.png
-    in `out` (default runs/lr-find-<preset>-<timestamp>)."""
+@dataclass(frozen=True)
+class LrFindSpec:
+    """One range test of `base`: `steps` rates from `start_lr` to `end_lr`, the loss smoothed by `smoothing`,
+    ended early when the smoothed loss exceeds `diverge` times its minimum; with `write`, lr_find.json and
+    lr_find.png in `out` (default runs/lr-find-<preset>-<timestamp>)."""
+
+    base: Config
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    steps: int = 300
+    smoothing: float = 0.98
+    diverge: float = 4.0
+    out: str | Path | None = None
+    data_dir: str | Path | None = None
+    write: bool = True
+
+
+def lr_find(preset: str = "notebook", *, config: Config | None = None, **kwargs: Any) -> LrFindResult:
+    """Run the range test for `preset` (with overrides) or `config`. Keywords naming an `LrFindSpec` field
+    (start_lr, end_lr, steps, smoothing, diverge, out, data_dir, write) set it; the others override the
+    preset."""
+    return run_lr_find(make_spec(LrFindSpec, "lr-find", preset, config, kwargs))
+
+
+def run_lr_find(spec: LrFindSpec) -> LrFindResult:
+    """The range test of `spec`."""
+    cfg, start_lr, end_lr, steps = spec.base, spec.start_lr, spec.end_lr, spec.steps
+    smoothing, diverge, out, data_dir, write = spec.smoothing, spec.diverge, spec.out, spec.data_dir, spec.write
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"the range test needs 0 < start_lr < end_lr, got {start_lr:g} and {end_lr:g}")
     if steps < 2:
         raise ConfigError(f"the range test needs at least 2 steps, got {steps}")
-    cfg = config if config is not None else resolve(preset, **overrides)
     device = pick_device(cfg.device)
     train = load_data(cfg, device, data_dir).train
     model = build(cfg, device)  # seeds torch: the same initial weights and augmentation draws for a seed

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from mnistlab.errors import ConfigError
-from mnistlab.experiments.trial import check_held_out, held_out, reuse_problem, run_trial, same_run
+from mnistlab.experiments.trial import make_spec, reuse_problem, run_trial, same_run
 from mnistlab.files.runs import atomic_write, new_run_dir, read_json, read_metrics, write_json
-from mnistlab.presets import Config, resolve, validate
+from mnistlab.presets import Config, validate
 from mnistlab.stats import Difference, best_epoch
 from mnistlab.tables import csv_text, pct
 from mnistlab.training.distributed import usable_cpus
@@ -154,25 +154,47 @@ def run_job(job: Job, data_dir: str | Path | None, quiet: bool) -> tuple[list[di
     return history, time.perf_counter() - t0
 
 
+@dataclass(frozen=True)
+class SweepSpec:
+    """One sweep: the grid lrs x epochs x batch sizes around `base` (an empty axis: the base's own value),
+    trained in `jobs` processes; `runs` are existing run directories it may reuse (same settings) instead of
+    training again, `reuse` lets one run of the longest setting serve the shorter ones."""
+
+    base: Config
+    lrs: Sequence[float] = ()
+    epochs: Sequence[int] = ()
+    batch_sizes: Sequence[int] = ()
+    jobs: int = 1
+    reuse: bool = True
+    runs: Sequence[str | Path] = ()
+    out: str | Path | None = None
+    data_dir: str | Path | None = None
+    quiet: bool = False
+
+
 def sweep(preset: str = "notebook", lrs: Sequence[float] | None = None, epochs: Sequence[int] | None = None,
-          batch_sizes: Sequence[int] | None = None, *, jobs: int = 1, out: str | Path | None = None,
-          data_dir: str | Path | None = None, quiet: bool = False, reuse: bool = True,
-          runs: Sequence[str | Path] = (), config: Config | None = None, **overrides: Any) -> SweepResult:
+          batch_sizes: Sequence[int] | None = None, *, config: Config | None = None, **kwargs: Any) -> SweepResult:
     """Train the grid lrs x epochs x batch sizes around `preset`; sweep.csv, sweep.json, sweep.png, the best.
 
-    `jobs` > 1 trains configurations in that many spawned processes, the CPU threads divided between them.
-    `runs` are existing run directories the grid may reuse (same settings) instead of training again.
+    Keywords naming a `SweepSpec` field (jobs, reuse, runs, out, data_dir, quiet) set it; the others override
+    the preset (val defaults to `DEFAULT_VAL`), or `config` is the base. `jobs` > 1 trains configurations in
+    that many spawned processes, the CPU threads divided between them.
     """
-    base = config or resolve(preset, **held_out("sweep", overrides))
-    check_held_out("sweep", base.val)
-    lrs = list(lrs or [base.lr])
-    epochs = list(epochs or [base.epochs])
-    batch_sizes = list(batch_sizes or [base.batch_size])
+    return run_sweep(make_spec(SweepSpec, "sweep", preset, config, kwargs, validation=True, lrs=lrs or (),
+                               epochs=epochs or (), batch_sizes=batch_sizes or ()))
+
+
+def run_sweep(spec: SweepSpec) -> SweepResult:
+    """Train `spec`'s grid; sweep.csv, sweep.json, sweep.png and the setting chosen on validation."""
+    base, data_dir, quiet = spec.base, spec.data_dir, spec.quiet
+    lrs = list(spec.lrs or [base.lr])
+    epochs = list(spec.epochs or [base.epochs])
+    batch_sizes = list(spec.batch_sizes or [base.batch_size])
     if min(epochs) < 1 or min(batch_sizes) < 1 or min(lrs) <= 0:
         raise ConfigError("sweep values must be positive")
-    run_dir = new_run_dir(f"sweep-{base.preset}", out)
-    todo, notes = plan(base, lrs, epochs, batch_sizes, run_dir, reuse, runs)
-    jobs = max(1, min(int(jobs), len(todo)))
+    run_dir = new_run_dir(f"sweep-{base.preset}", spec.out)
+    todo, notes = plan(base, lrs, epochs, batch_sizes, run_dir, spec.reuse, spec.runs)
+    jobs = max(1, min(int(spec.jobs), len(todo)))
     if jobs > 1:
         threads = max(1, usable_cpus() // jobs)
         notes.append(f"{len(todo)} runs in {jobs} parallel processes, {threads} CPU thread(s) each")

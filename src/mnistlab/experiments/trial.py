@@ -8,19 +8,39 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mnistlab.errors import ConfigError
 from mnistlab.files.runs import atomic_write, read_json, write_json
-from mnistlab.presets import DEFAULT_VAL, Config
+from mnistlab.presets import DEFAULT_VAL, Config, resolve
 from mnistlab.training.engine import Callback
 from mnistlab.training.run import TrainResult, train
+
+S = TypeVar("S")
 
 # Settings that do not change what a run computes epoch by epoch.
 NEUTRAL_KEYS = {"epochs", "description", "preset", "device", "compile", "cuda_graphs", "channels_last",
                 "tensorboard"}
 # What a run directory needs to be continued from its last completed epoch.
 RUN_FILES = ("config.json", "env.json", "metrics.csv", "metrics.jsonl", "checkpoint.pt")
+
+
+def make_spec(cls: type[S], who: str, preset: str, config: Config | None, kwargs: dict[str, Any], *,
+              validation: bool = False, **fields: Any) -> S:
+    """The typed spec `cls` of an experiment from a keyword call: keywords naming one of its fields set it,
+    the others are Config overrides of `preset` (or `config`, ready, given alone) that make its `base`;
+    with `validation`, the base holds out a validation split (`held_out`)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    fields |= {k: kwargs.pop(k) for k in list(kwargs) if k in names and k != "base"}
+    if config is not None:
+        if kwargs:
+            raise ConfigError(f"{who}: give a ready config or settings ({', '.join(sorted(kwargs))}), not both")
+        base = config
+    else:
+        base = resolve(preset, **(held_out(who, kwargs) if validation else kwargs))
+    if validation:
+        check_held_out(who, base.val)
+    return cls(base=base, **fields)
 
 
 def held_out(who: str, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -110,27 +110,51 @@ def trial_dir(out: Path, number: int) -> Path:
     return Path(out) / f"trial-{number:04d}"
 
 
+@dataclass(frozen=True)
+class TuneSpec:
+    """One `tune` command: the parsed `space` (its preset and fixed overrides), the study's size `trials`
+    (None: 30, or the grid's size for the grid sampler), `sampler` and `pruner` (names, see
+    experiments.study, or ready Optuna objects), the study's name (default: the preset) and `storage`,
+    `jobs` worker processes here, and `report` files written into `out` (default runs/tune-<study>)."""
+
+    space: Space
+    trials: int | None = None
+    sampler: str | optuna.samplers.BaseSampler = "tpe"
+    pruner: str | optuna.pruners.BasePruner = "asha"
+    study: str | None = None
+    storage: str | None = None
+    out: str | Path | None = None
+    jobs: int = 1
+    heartbeat: int = 60
+    data_dir: str | Path | None = None
+    quiet: bool = False
+    report: bool = True
+
+
 @quiet_optuna()
-def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | None = None,
-         sampler: str | optuna.samplers.BaseSampler = "tpe", pruner: str | optuna.pruners.BasePruner = "asha",
-         study: str | None = None, storage: str | None = None,
-         out: str | Path | None = None, jobs: int = 1, heartbeat: int = 60, data_dir: str | Path | None = None,
-         quiet: bool = False, report: bool = True, **overrides: Any) -> TuneResult:
+def tune(preset: str = "notebook", space: Sequence[str] = (), **kwargs: Any) -> TuneResult:
     """Run (or continue) the study until it holds `trials` finished trials; returns its trials.
 
-    `space`: `--space` specs (see experiments.space). `trials` defaults to 30, or the grid's size for the
-    grid sampler. `sampler` and `pruner` are names (see experiments.study) or ready Optuna objects.
-    `overrides` fix settings for every trial (val defaults to 10,000 images). `jobs` > 1 runs that many
-    worker processes, the CPU threads divided between them. `report` writes the study's report files into
-    `out` (default runs/tune-<study>) at the end.
+    `space`: `--space` specs (see experiments.space). Keywords naming a `TuneSpec` field (trials, sampler,
+    pruner, study, storage, out, jobs, heartbeat, data_dir, quiet, report) set it; the others fix settings
+    for every trial (val defaults to `DEFAULT_VAL`).
     """
-    overrides = held_out("tune", overrides)
+    names = {f.name for f in dataclasses.fields(TuneSpec)} - {"space"}
+    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    overrides = held_out("tune", kwargs)
     tuned = [s.partition("=")[0].strip().replace("-", "_") for s in space]
     if clash := sorted(set(tuned) & set(overrides)):
         raise ConfigError(f"{clash[0]} is both fixed (--{clash[0].replace('_', '-')}) and tuned (--space)")
-    parsed = parse_space(space, preset, **overrides)
-    name = study or preset
-    out = Path(out) if out is not None else Path("runs") / f"tune-{name}"
+    return run_tune(TuneSpec(parse_space(space, preset, **overrides), **fields))
+
+
+@quiet_optuna()
+def run_tune(spec: TuneSpec) -> TuneResult:
+    """Run (or continue) `spec`'s study until it holds its trials finished."""
+    parsed, trials, sampler, pruner, jobs, heartbeat = (spec.space, spec.trials, spec.sampler, spec.pruner,
+                                                         spec.jobs, spec.heartbeat)
+    name = spec.study or parsed.preset
+    out = Path(spec.out) if spec.out is not None else Path("runs") / f"tune-{name}"
     notes = []
     if trials is None:
         trials = parsed.grid_size() if sampler == "grid" else 30
@@ -139,8 +163,8 @@ def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | N
         trials = parsed.grid_size()
     if trials < 1 or heartbeat < 1 or jobs < 1:
         raise ConfigError("--trials, --heartbeat and --jobs must be at least 1")
-    s = Settings(name, storage_url(storage, out), out, parsed, trials, sampler, pruner, heartbeat,
-                 data_dir, quiet)
+    s = Settings(name, storage_url(spec.storage, out), out, parsed, trials, sampler, pruner, heartbeat,
+                 spec.data_dir, spec.quiet)
     make_sampler(sampler, parsed)  # bad names fail here, before any worker starts
     make_pruner(pruner)
     handle = open_study(name, open_storage(s.url, heartbeat), s.identity)
@@ -154,7 +178,7 @@ def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | N
     if len(result.finished) < trials:
         raise MnistlabError(f"study {name}: {len(result.finished)} of {trials} trials finished; "
                             "run the same command again to continue")
-    if report and result.best is not None:
+    if spec.report and result.best is not None:
         from mnistlab.experiments.tune_report import write_report
 
         result.written = write_report(handle, s.url, out)
