@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch
 import torch.distributed as dist
@@ -96,31 +96,39 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def probabilities(out: torch.Tensor) -> torch.Tensor:
+    """Class probabilities from a model's fp32 outputs: the softmax of logits; outputs that already are
+    probabilities (the notebook's own forward(), an ensemble) pass through."""
+    if out.numel() and out.min() >= 0 and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device),
+                                                         atol=1e-4):
+        return out
+    return out.softmax(1)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, double_softmax: bool = False) -> dict[str, float]:
-    """Loss and accuracy (percent) of `model` in fp32 over every sample of `loader`, summed across ranks
-    under DDP: whatever precision trained it, this is the number its saved weights give."""
+def evaluate(model: nn.Module, loader: DeviceLoader, double_softmax: bool = False,
+             predictions: bool = False) -> dict[str, Any]:
+    """The one evaluation: `model` in eval mode and fp32 over every sample of `loader`, summed across ranks
+    under DDP: "loss", "acc" (percent) and "n". Whatever precision trained it, this is the number its saved
+    weights give. With `predictions` (a non-shuffled, single-rank loader) also "probs": the (N, classes)
+    float32 class probabilities (`probabilities`) on the CPU, in the loader's order."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, device=loader.device, dtype=torch.float64)  # loss, correct, count
+    probs = []
     for x, y in loader.epoch(0):
         logits = model(x).float()
         sums[0] += loss_fn(logits, y, double_softmax=double_softmax)
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)
+        if predictions:
+            probs.append(probabilities(logits).cpu())
     loss, correct, n = _all_reduce(sums).tolist()
     model.train(was_training)
-    return {"loss": loss / max(n, 1), "acc": 100.0 * correct / max(n, 1), "n": int(n)}
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, loader: DeviceLoader) -> torch.Tensor:
-    """Float32 logits for every sample of a (non-shuffled, single-rank) loader, in order, on the CPU."""
-    was_training = model.training
-    model.eval()
-    out = [model(x).float() for x, _ in loader.epoch(0)]
-    model.train(was_training)
-    return torch.cat(out).cpu()
+    out: dict[str, Any] = {"loss": loss / max(n, 1), "acc": 100.0 * correct / max(n, 1), "n": int(n)}
+    if predictions:
+        out["probs"] = torch.cat(probs) if probs else torch.zeros(0, 10)
+    return out
 
 
 def fit(

@@ -27,7 +27,7 @@ from mnistlab.data import get_spec
 from mnistlab.data.loader import DeviceLoader
 from mnistlab.plots import confusion_figure, figure_rgb, grid_figure, mistakes_figure
 from mnistlab.presets import Config
-from mnistlab.training.engine import Callback, EpochMetrics, predict_logits
+from mnistlab.training.engine import Callback, EpochMetrics, evaluate
 from mnistlab.training.scoring import confident_mistakes, confusion_matrix
 
 MISSING = "tensorboard is not installed: no event files (pip install 'mnistlab[tensorboard]')"
@@ -124,7 +124,7 @@ class TensorBoardLogger(Callback):
 
     def _images(self, model: nn.Module, test: DeviceLoader, step: int) -> None:
         whole = test.unsharded()
-        probs = predict_logits(model, whole).softmax(1)
+        probs = evaluate(model, whole, predictions=True)["probs"]
         confidence, preds = probs.max(1)
         labels, images = whole.labels.cpu(), whole.images.cpu()
         names = get_spec(self.cfg.dataset).classes
