@@ -21,7 +21,7 @@ def test_weight_average_copies_first_then_follows_an_ema():
     for v in values:
         with torch.no_grad():
             net.weight.fill_(v)
-        avg.on_step()
+        avg.on_step(torch.zeros(()))
     expected = values[0]
     for v in values[1:]:
         expected = 0.75 * expected + 0.25 * v

@@ -33,7 +33,7 @@ class WeightAverage(Callback):
         self.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=not self.has_bn)
 
-    def on_step(self) -> None:
+    def on_step(self, loss: torch.Tensor) -> None:
         self.average.update_parameters(self.model)
 
     def for_eval(self) -> nn.Module:

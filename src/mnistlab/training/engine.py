@@ -59,16 +59,23 @@ class StepOptions:
 class Callback:
     """What fit() calls around the loop; subclasses override the hooks they need (the rest do nothing).
 
-    A callback that sets `stop_training` in on_epoch_end ends the run after that epoch.
+    Per-step needs of a trainer go here, not into a copy of the step: `on_step` gets the step's loss (reading
+    it is a host sync, so only a callback that needs it should), a per-step learning-rate schedule is fit's
+    `scheduler` with `schedule_per_step`, and an exception raised in a hook ends the run where it is (the
+    range test's divergence). A callback that sets `stop_training` in on_epoch_end ends the run after that
+    epoch.
     """
 
     stop_training: bool = False
 
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, train: DeviceLoader) -> None:
+        """Before the first epoch of this fit: what is trained (`model` as the loop calls it), how, on what."""
+
     def on_epoch_start(self, epoch: int, steps: int) -> None:
         pass
 
-    def on_step(self) -> None:
-        pass
+    def on_step(self, loss: torch.Tensor) -> None:
+        """After every optimizer step; `loss` is the step's mean loss, on the device."""
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         pass
@@ -155,6 +162,8 @@ def fit(
     history = list(history or [])
     with cpu_training_mode(train.device):
         model.train()
+        for cb in callbacks:
+            cb.on_train_start(model, optimizer, train)
         for epoch in range(start_epoch + 1, epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             trained = train_epoch(model, optimizer, train, epoch, scheduler if schedule_per_step else None,
@@ -220,7 +229,7 @@ def train_epoch(
             correct.add_((logits.argmax(1) == y).sum())
         n += len(y)
         for cb in callbacks:
-            cb.on_step()
+            cb.on_step(loss)
     sums = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64)])
     loss_sum, correct, n = _all_reduce(sums).tolist()  # the epoch's one host sync
     seconds = time.perf_counter() - t0

@@ -39,7 +39,7 @@ class Progress(Callback):
             self._bar.start()
             self._task = self._bar.add_task("train", total=steps, epoch=epoch, epochs=self.epochs)
 
-    def on_step(self) -> None:
+    def on_step(self, loss) -> None:
         if self._bar is not None:
             self._bar.advance(self._task)
 
