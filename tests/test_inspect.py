@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mnistlab.exercises.anatomy import inspect
+from mnistlab.exercises.inspect import inspect
 
 
 def test_inspect_notebook_json(cli):

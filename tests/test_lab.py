@@ -163,7 +163,7 @@ def test_quirks_are_measured(lab_run):
 
 def test_python_api_names():
     import mnistlab
-    import mnistlab.exercises.anatomy  # importing the submodules does not shadow the API's functions
+    import mnistlab.exercises.inspect  # importing the submodules does not shadow the API's functions
     import mnistlab.exercises.lab
     import mnistlab.use.predict
     from mnistlab.experiments.compare import compare

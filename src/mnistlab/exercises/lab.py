@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from mnistlab.exercises.analysis import analyse, analyse_run, write_analysis
-from mnistlab.exercises.anatomy import inspect
+from mnistlab.exercises.inspect import inspect
 from mnistlab.experiments.compare import CompareResult, compare, save_state, states_equal
 from mnistlab.experiments.sweep import SweepResult, sweep
 from mnistlab.files.checkpoints import model_metadata
