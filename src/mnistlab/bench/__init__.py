@@ -11,7 +11,7 @@ turn by this process (so load drift on a shared machine hits both alike):
 - **mnistlab**: the `notebook` preset through `train()`, the path `mnistlab train` takes (an engine callback
   hands each epoch's start to the parent).
 
-After each of its epochs, the mnistlab contender's process measures the floor of its step (`training.floor`:
+After each of its epochs, the mnistlab contender's process measures the floor of its step (`bench.floor`:
 the isolated time of each kernel one step needs, at the step's shapes and precision); the step's ratio to it
 is taken epoch by epoch, each epoch against the floor measured right after it, so the host's drift over a run
 moves both alike.
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mnistlab.bench.floor import step_floor
 from mnistlab.data import load_split
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.files.checkpoints import model_metadata, save_safetensors
@@ -44,7 +45,6 @@ from mnistlab.models import NotebookNet, unwrap
 from mnistlab.presets import Config, resolve
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, pick_device
 from mnistlab.training.engine import Callback
-from mnistlab.training.floor import step_floor
 from mnistlab.training.optim import make_optimizer
 from mnistlab.training.run import train
 
