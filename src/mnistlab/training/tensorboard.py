@@ -27,8 +27,7 @@ from mnistlab.data import get_spec
 from mnistlab.data.loader import DeviceLoader
 from mnistlab.plots import confusion_figure, figure_rgb, grid_figure, mistakes_figure
 from mnistlab.presets import Config
-from mnistlab.training.engine import Callback, EpochMetrics, evaluate
-from mnistlab.training.scoring import confident_mistakes, confusion_matrix
+from mnistlab.training.engine import Callback, EpochMetrics, confident_mistakes, confusion_matrix, evaluate
 
 MISSING = "tensorboard is not installed: no event files (pip install 'mnistlab[tensorboard]')"
 # metrics.csv column -> TensorBoard tag; the tags sharing a prefix are drawn side by side under Scalars
