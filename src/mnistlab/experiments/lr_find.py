@@ -39,7 +39,7 @@ from mnistlab.training.device import amp_dtype, pick_device
 from mnistlab.training.distributed import DistEnv
 from mnistlab.training.engine import Callback, fit
 from mnistlab.training.optim import make_optimizer
-from mnistlab.training.run import RankState, build, load_data, step_options, wrap
+from mnistlab.training.run import Prepared, build, load_data, step_options, wrap
 
 MIN_DIVISOR = 10.0  # minimum/10: the rate at the smoothed loss's minimum / 10
 PEAK_SCHEDULES = ("onecycle", "cosine")  # schedules whose configured rate is a peak: minimum/10
@@ -165,7 +165,7 @@ def run_lr_find(spec: LrFindSpec) -> LrFindResult:
         group["lr"] = start_lr
     growth = (end_lr / start_lr) ** (1.0 / (steps - 1))
     ramp = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: growth**i)  # step i at start_lr * growth**i
-    prepared = RankState(device, data, model, optimizer, ramp, True, amp_dtype(cfg.amp, device))
+    prepared = Prepared(device, data, model, optimizer, ramp, True, amp_dtype(cfg.amp, device))
     net = wrap(prepared, cfg, DistEnv())  # what train() trains: bf16 weight copies, torch.compile
     reader = _RampReader(start_lr, growth, steps, smoothing, diverge)
     try:  # the engine's own step; the reader ends the ramp from inside the epoch
