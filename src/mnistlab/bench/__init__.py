@@ -204,17 +204,17 @@ def _contender(name: str, opts: BenchOptions, conn) -> None:
 def _fast_seeds(opts: BenchOptions, conn) -> None:
     """Child process: train the `fast` preset once per seed; report accuracies and training seconds."""
     try:
-        def run(seed: int, subset: int | None):
+        def train_seed(seed: int, subset: int | None):
             return train("fast", seed=seed, subset=subset, test_subset=opts.test_subset, device=opts.device,
                          data_dir=opts.data_dir, quiet=True, write_run=False)
 
         # One untimed warm-up on WARMUP_IMAGES: kernel selection (oneDNN primitives, cuDNN), the allocator's
         # first growth and CUDA context start-up are per-process costs, not per-training ones.
         warm_images = min(opts.fast_subset or WARMUP_IMAGES, WARMUP_IMAGES)
-        warm = run(opts.seeds[0], warm_images)
+        warm = train_seed(opts.seeds[0], warm_images)
         out = []
         for seed in opts.seeds:
-            r = run(seed, opts.fast_subset)
+            r = train_seed(seed, opts.fast_subset)
             out.append((r.test_acc, sum(h["seconds"] for h in r.history)))
             if opts.model_out and seed == opts.seeds[0]:
                 save_safetensors(r.model, opts.model_out, model_metadata(r.config, {"test_acc": r.test_acc}))
@@ -245,7 +245,7 @@ def _spawn(target, *args):
     return proc, parent
 
 
-def compare(opts: BenchOptions, log=print) -> dict[str, Any]:
+def race_contenders(opts: BenchOptions, log=print) -> dict[str, Any]:
     """reference vs mnistlab, epochs interleaved; per contender seconds_per_epoch, images_per_s, ..."""
     procs = {name: _spawn(_contender, name, opts) for name in CONTENDERS}
     try:
@@ -291,7 +291,7 @@ def floor_summary(floors: list[dict[str, Any]], epoch_seconds: list[float]) -> d
                         "ratio": statistics.median(e["ratio"] for e in per_epoch), "epochs": per_epoch}
 
 
-def fast(opts: BenchOptions) -> dict[str, Any]:
+def time_fast_preset(opts: BenchOptions) -> dict[str, Any]:
     """The `fast` preset over `opts.seeds`: test accuracies, training seconds, mean, min, share >= 99%."""
     proc, conn = _spawn(_fast_seeds, opts)
     try:
@@ -324,7 +324,7 @@ def machine(device: str = "auto") -> dict[str, Any]:
             "amp_dtype": precision, "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
-def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=print) -> dict[str, Any]:
+def run_benchmark(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=print) -> dict[str, Any]:
     """The whole benchmark; writes out_dir/bench.json and out_dir/bench.md and returns the results."""
     if opts.epochs < 1 or not opts.seeds:
         raise ConfigError("bench needs at least 1 epoch and 1 seed")
@@ -341,10 +341,10 @@ def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=pri
         opts = dataclasses.replace(opts, model_out=str(out_dir / "fast.safetensors"))  # serve what it trains
     result: dict[str, Any] = {"machine": machine(opts.device), "options": vars(opts) | {"seeds": list(opts.seeds)}}
     t0 = time.perf_counter()
-    result.update(compare(opts, log))
+    result.update(race_contenders(opts, log))
     log(f"speedup {result['speedup']:.2f}x, step {result['floor']['ratio']:.2f}x its floor; "
         f"fast preset, {len(opts.seeds)} seeds ...")
-    result["fast"] = fast(opts)
+    result["fast"] = time_fast_preset(opts)
     if serve:
         result["serve"] = bench_serve(model=opts.model_out, out_dir=out_dir, clients=8, seconds=opts.serve_seconds)
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
