@@ -117,8 +117,9 @@ def evaluate(model: nn.Module, loader: DeviceLoader, double_softmax: bool = Fals
              predictions: bool = False) -> dict[str, Any]:
     """The one evaluation: `model` in eval mode and fp32 over every sample of `loader`, summed across ranks
     under DDP: "loss", "acc" (percent) and "n". Whatever precision trained it, this is the number its saved
-    weights give. With `predictions` (a non-shuffled, single-rank loader) also "probs": the (N, classes)
-    float32 class probabilities (`probabilities`) on the CPU, in the loader's order."""
+    weights give. With `predictions` (a non-shuffled, single-rank loader, counted on this rank alone: no
+    collective) also "probs": the (N, classes) float32 class probabilities (`probabilities`) on the CPU, in
+    the loader's order."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, device=loader.device, dtype=torch.float64)  # loss, correct, count
@@ -130,7 +131,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, double_softmax: bool = Fals
         sums[2] += len(y)
         if predictions:
             probs.append(probabilities(logits).cpu())
-    loss, correct, n = _all_reduce(sums).tolist()
+    # Predicting, one rank scores a whole split (TensorBoard's summary runs on the main rank only).
+    loss, correct, n = (sums if predictions else _all_reduce(sums)).tolist()
     model.train(was_training)
     out: dict[str, Any] = {"loss": loss / max(n, 1), "acc": 100.0 * correct / max(n, 1), "n": int(n)}
     if predictions:
