@@ -1,11 +1,12 @@
-# mnistlab: `make lab` runs the lab end to end, `make test` runs the whole test suite.
+# mnistlab: `make lab` runs the lab end to end, `make test` runs the whole test suite (what CI runs),
+# `make test-fast` the tier for every change (every module, no lab/tune/torchrun/browser/resume runs).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # No NVIDIA driver: pin the CPU wheel of PyTorch so pip never pulls a multi-GB CUDA build.
 CONSTRAINTS := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-cpu.txt)
 
-.PHONY: lab notebook test lint bench system-deps clean
+.PHONY: lab notebook test test-fast lint bench system-deps clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,7 +25,10 @@ system-deps:
 	sh scripts/system-deps.sh
 
 test: $(BIN)/.installed system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -7,7 +7,7 @@ backward casts their gradients back); fp32 tensors with oneDNN computing the mat
 bf16 (bf16 inputs, fp32 accumulation and output: no conversion passes, no bf16 gradients;
 `torch.backends.mkldnn.*.fp32_precision`).
 Each has its own model and optimizer (same seed, same batches) and trains `--steps` steps of the engine per
-round, the variants taking turns round by round; each round also times the variant's floor (training.floor,
+round, the variants taking turns round by round; each round also times the variant's floor (bench.floor,
 in its precision). Prints one Markdown row per variant: median ms per step, its floor, and the median over
 rounds of the step's ratio to its floor and to the fp32 step of the same round. On a CPU without native bf16
 (AVX512-BF16 or AMX) the autocast rows time bf16's emulation and the oneDNN row is fp32 again: only the fp32
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import torch
 
+from mnistlab.bench.floor import step_kernels, time_kernels
 from mnistlab.presets import resolve
 from mnistlab.training.device import cpu_supports_bf16, cpu_training_mode
 from mnistlab.training.engine import StepOptions, train_epoch
-from mnistlab.training.floor import step_kernels, time_kernels
 from mnistlab.training.optim import make_optimizer
 from mnistlab.training.run import build, load_data
 

@@ -27,7 +27,8 @@ def mnist_dir() -> Path:
 def trained_run(mnist_dir, tmp_path_factory) -> Path:
     """The run directory of a notebook-preset model trained for 1 epoch on --subset 10000 with seed 0 on the
     CPU in fp32 (about 93.5% test accuracy; the same weights whether or not the CPU has native bf16), in a tmp
-    dir. Treat it as read-only (write evaluations elsewhere)."""
+    dir. It is scored on all 10,000 test images (no test_subset): its metrics rows, model metadata and what
+    `evaluate` prints for it are full-test-set figures. Treat it as read-only (write evaluations elsewhere)."""
     from mnistlab.training.run import train
 
     out = tmp_path_factory.mktemp("trained") / "run"

@@ -17,6 +17,8 @@ from playwright.sync_api import expect, sync_playwright
 from mnistlab.data import load_split
 from mnistlab.serve.loadtest import running_server
 
+pytestmark = pytest.mark.slow
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

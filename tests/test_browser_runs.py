@@ -18,6 +18,8 @@ from test_browser import ARTIFACTS, ONE, browser, draw, shown  # noqa: F401 - br
 from mnistlab.serve.loadtest import running_server
 from mnistlab.use.predict import load_model
 
+pytestmark = pytest.mark.slow
+
 RUN_IDS = ["a", "broken-config", "damaged", "sweep-notebook/mlp-e1"]
 
 

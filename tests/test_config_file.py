@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from mnistlab import presets
 from mnistlab.errors import ConfigError
 from mnistlab.files.runs import read_json, read_metrics
-from mnistlab.presets import load_config, resolve
+from mnistlab.presets import Config, load_config, resolve
 
 TIMING = {"seconds", "eval_seconds", "images_per_s"}
 
@@ -19,7 +20,7 @@ def test_config_json_reruns_the_run_and_flags_override_it(cli, mnist_dir, tmp_pa
     data = ["--data-dir", str(mnist_dir), "--quiet"]
     first, again, longer = tmp_path / "first", tmp_path / "again", tmp_path / "longer"
     code, _, err = cli("train", "--preset", "notebook", "--optimizer", "sgd", "--opt", "momentum=0.9", "--lr", "0.05",
-                       "--epochs", "1", "--subset", "600", "--val", "100", "--seed", "4", "--device", "cpu", *data,
+                       "--epochs", "1", "--subset", "600", "--val", "100", "--test-subset", "500", "--seed", "4", "--device", "cpu", *data,
                        "--out", str(first))
     assert code == 0, err
     code, _, err = cli("train", "--config", str(first / "config.json"), *data, "--out", str(again))
@@ -71,3 +72,15 @@ def test_config_conflicts(cli, tmp_path):
     (tmp_path / "c.toml").write_text("epochs = 1\n")
     code, _, err = cli("train", "--config", str(tmp_path / "c.toml"), "--preset", "fast")
     assert code == 2 and err.startswith("error: --config and --preset cannot be combined")
+
+
+def test_from_dict_is_the_strict_reader_and_maps_renamed_keys(monkeypatch):
+    stored = Config(epochs=3, subset=500).to_dict()
+    assert Config.from_dict(stored) == Config(epochs=3, subset=500)
+    assert Config.from_dict({"epochs": 2}) == Config(epochs=2)  # settings left out take their defaults
+    with pytest.raises(ConfigError, match=r"run/config.json: unknown setting\(s\) epoch; the settings are preset, "):
+        Config.from_dict({"epoch": 2}, "run/config.json")
+    with pytest.raises(ConfigError, match="batch_size = 'big' is not of type int"):
+        Config.from_dict({"batch_size": "big"})
+    monkeypatch.setitem(presets.RENAMED, "holdout", "val")  # a key renamed in a later version
+    assert Config.from_dict({"holdout": 100}).val == 100

@@ -66,6 +66,7 @@ def ddp_bf16_run(mnist_dir, tmp_path_factory) -> tuple[Path, subprocess.Complete
 
 
 # ---------------------------------------------------------------- two real ranks
+@pytest.mark.slow
 def test_only_rank_0_writes_and_prints(ddp_run):
     run_dir, r = ddp_run
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["run"]  # no second run dir, no runs/
@@ -83,6 +84,7 @@ def test_only_rank_0_writes_and_prints(ddp_run):
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == EPOCHS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run, amp", [("ddp_run", None), ("ddp_bf16_run", "bf16")])
 def test_test_set_evaluated_once_in_total(run, amp, mnist_dir, request):
     run_dir, _ = request.getfixturevalue(run)
@@ -100,6 +102,7 @@ def test_test_set_evaluated_once_in_total(run, amp, mnist_dir, request):
     assert full["loss"] == pytest.approx(last["test_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_matches_single_process_with_same_seed_and_global_batch(ddp_run, mnist_dir):
     """Two ranks of 32 see the same global batches of 64 and step on the same mean gradient as one process
     of 64; only the floating-point summation order differs (about 1e-8 relative after 2 epochs here), so
@@ -115,6 +118,7 @@ def test_matches_single_process_with_same_seed_and_global_batch(ddp_run, mnist_d
         assert two["train_acc"] == pytest.approx(one["train_acc"], abs=0.1)
 
 
+@pytest.mark.slow
 def test_resume_under_torchrun(ddp_run, mnist_dir, tmp_path):
     full_dir, _ = ddp_run
     data = ["--data-dir", str(mnist_dir)]
@@ -142,6 +146,7 @@ def test_resume_under_torchrun(ddp_run, mnist_dir, tmp_path):
     assert len(rows(full_dir)) == EPOCHS  # nothing was trained
 
 
+@pytest.mark.slow
 def test_global_batch_must_divide_by_world_size(tmp_path, mnist_dir):
     r = mnistlab_train("--batch-size", "33", "--subset", "200", "--epochs", "1", "--device", "cpu",
                        "--data-dir", str(mnist_dir), "--out", "run", cwd=tmp_path)
@@ -153,6 +158,7 @@ def test_global_batch_must_divide_by_world_size(tmp_path, mnist_dir):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_rank_failing_alone_stops_every_rank(tmp_path, mnist_dir):
     """Rank 1 cannot load its data: rank 0 must stop too (not wait in DDP's first collective) and say why."""
     script = tmp_path / "fail.py"
@@ -171,6 +177,7 @@ def test_a_rank_failing_alone_stops_every_rank(tmp_path, mnist_dir):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 def test_nccl_one_rank_per_gpu(tmp_path, mnist_dir):
     """On CUDA the backend is nccl with one rank per GPU; more ranks than GPUs is a clear error."""

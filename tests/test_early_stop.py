@@ -9,9 +9,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mnistlab.files.checkpoints import load_checkpoint
-from mnistlab.files.runs import read_metrics
+from mnistlab.files.runs import read_json, read_metrics
+from mnistlab.presets import Config
 from mnistlab.training.callbacks import EarlyStopping
-from mnistlab.use.evaluate import evaluate_model
+from mnistlab.training.engine import evaluate
+from mnistlab.training.run import load_data
 from mnistlab.use.predict import load_model
 
 TIMING = {"seconds", "eval_seconds", "images_per_s"}
@@ -43,7 +45,7 @@ def test_never_improving_after_epoch_one():
     assert stop.stop_training and stop.best_epoch == 1 and stop.stopped_epoch == 2
 
 
-COMMON = ["--subset", "1500", "--val", "500", "--seed", "0", "--device", "cpu", "--quiet"]
+COMMON = ["--subset", "1500", "--val", "500", "--test-subset", "2000", "--seed", "0", "--device", "cpu", "--quiet"]
 
 
 def test_the_run_keeps_the_best_epoch_and_resumes_without_training_past_the_stop(cli, mnist_dir, tmp_path):
@@ -61,8 +63,8 @@ def test_the_run_keeps_the_best_epoch_and_resumes_without_training_past_the_stop
                     "test_acc": str(rows[best - 1]["test_acc"])}
     # The saved weights are the best epoch's: evaluating the file gives that epoch's test accuracy, not the last.
     assert rows[best - 1]["test_acc"] != rows[-1]["test_acc"]
-    assert evaluate_model(load_model(whole / "model.safetensors"), "test", mnist_dir)["accuracy"] == \
-        rows[best - 1]["test_acc"]
+    test = load_data(Config.from_dict(read_json(whole / "config.json")), torch.device("cpu"), mnist_dir).evals["test"]
+    assert evaluate(load_model(whole / "model.safetensors").model, test)["acc"] == rows[best - 1]["test_acc"]
     ckpt = load_checkpoint(whole / "checkpoint.pt")  # the last state, for --resume
     saved = load_file(str(whole / "model.safetensors"))
     assert ckpt["epoch"] == len(rows) and not torch.equal(ckpt["model"]["d2.weight"], saved["d2.weight"])

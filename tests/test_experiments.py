@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from mnistlab.errors import ConfigError
-from mnistlab.experiments.compare import compare, compare_verdict, parse_optimizers, parse_scoped_opts
+from mnistlab.experiments.compare import compare, compare_verdict, parse_optimizers
 from mnistlab.experiments.sweep import SweepResult, choose, describe, sweep
 from mnistlab.files.checkpoints import read_safetensors
 from mnistlab.files.runs import read_json, read_metrics
-from mnistlab.presets import Config, resolve
+from mnistlab.presets import Config, parse_opt, resolve
 from mnistlab.training.run import init_weights, train
 
 KEYS = ["train_loss", "train_acc", "test_loss", "test_acc"]
@@ -33,7 +33,7 @@ def numbers(history):
 def test_compare_starts_every_optimizer_from_the_same_weights(mnist_dir, tmp_path):
     out = tmp_path / "cmp"
     r = mnistlab("compare", "--optimizers", "adam,sgd", "--opt", "sgd:lr=0.05", "--epochs", "1", "--subset",
-                 "300", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
+                 "300", "--test-subset", "500", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     assert "adam vs sgd" in r.stdout
     initial, _ = read_safetensors(out / "initial.safetensors")
@@ -55,24 +55,38 @@ def test_compare_starts_every_optimizer_from_the_same_weights(mnist_dir, tmp_pat
     assert (out / "compare.png").stat().st_size > 0
     verdict = json.loads((out / "compare.json").read_text())["verdict"]["pairs"][0]
     assert verdict["ahead"][0] in ("adam", "sgd")
+    # Both runs reused (nothing trained): the same numbers. A run from before the training precision was recorded
+    # is refused, as sweep refuses it.
+    both = {label: out / label for label in ("adam", "sgd")}
+    reused = compare(config=cfg, opts={"sgd": {"lr": 0.05}}, reuse=both, out=tmp_path / "again", quiet=True)
+    assert [numbers(reused.histories[k]) for k in both] == [numbers(read_metrics(p)) for p in both.values()]
+    env = json.loads((out / "sgd" / "env.json").read_text())
+    del env["amp_dtype"]
+    (out / "sgd" / "env.json").write_text(json.dumps(env))
+    with pytest.raises(ConfigError, match="older mnistlab"):
+        compare(config=cfg, opts={"sgd": {"lr": 0.05}}, reuse=both, out=tmp_path / "old", quiet=True)
 
 
 def test_compare_defaults_and_errors():
     base = resolve("notebook")
     assert parse_optimizers("adam,sgd,plain=sgd") == [("adam", "Adam"), ("sgd", "SGD"), ("plain", "SGD")]
-    assert parse_scoped_opts(["sgd:lr=0.01", "sgd:nesterov=true"]) == {"sgd": {"lr": 0.01, "nesterov": True}}
+    assert parse_opt(["sgd:lr=0.01", "sgd:nesterov=true"], scoped=True) == {"sgd": {"lr": 0.01, "nesterov": True}}
     with pytest.raises(ConfigError, match="at least two"):
         parse_optimizers("adam")
     with pytest.raises(ConfigError, match="OPTIMIZER:KEY=VALUE"):
-        parse_scoped_opts(["lr=0.01"])
+        parse_opt(["lr=0.01"], scoped=True)
     with pytest.raises(ConfigError, match="not among"):
         compare(config=base, optimizers="adam,sgd", opts={"rmsprop": {"lr": 1.0}})
+    with pytest.raises(ConfigError, match="unknown setting 'job'"):  # neither a SweepSpec field nor a setting
+        sweep("notebook", job=2)
+    with pytest.raises(ConfigError, match="give a ready config or settings"):
+        compare(config=base, epochs=2)
     r = mnistlab("compare", "--optimizers", "adam,adamm")
     assert r.returncode == 2 and "unknown optimizer 'adamm'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_sweep_reuse_equals_training_the_shorter_setting(mnist_dir, tmp_path):
-    common = dict(subset=400, val=100, device="cpu", seed=3, data_dir=mnist_dir, quiet=True)
+    common = dict(subset=400, val=100, test_subset=500, device="cpu", seed=3, data_dir=mnist_dir, quiet=True)
     s = sweep("notebook", lrs=[1e-3], epochs=[1, 2], out=tmp_path / "sweep", **common)
     assert len(s.rows) == 2 and len(list((tmp_path / "sweep").glob("lr*"))) == 1  # one run served both
     assert any("serves epochs 1, 2" in n for n in s.notes)
@@ -99,7 +113,7 @@ def test_sweep_reuse_equals_training_the_shorter_setting(mnist_dir, tmp_path):
 
 def test_sweep_cli_parallel_jobs(mnist_dir, tmp_path):
     out = tmp_path / "grid"
-    r = mnistlab("sweep", "--lr", "1e-3,3e-3", "--epochs", "1", "--subset", "300", "--val", "100", "--jobs", "2",
+    r = mnistlab("sweep", "--lr", "1e-3,3e-3", "--epochs", "1", "--subset", "300", "--val", "100", "--test-subset", "500", "--jobs", "2",
                  "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     assert "2 runs in 2 parallel processes, 1 CPU thread(s) each" in r.stdout

@@ -1,12 +1,12 @@
-"""training.floor: the kernels of a step, at the step's shapes and precision, timed alone (no time asserted)."""
+"""bench.floor: the kernels of a step, at the step's shapes and precision, timed alone (no time asserted)."""
 
 from __future__ import annotations
 
 import torch
 
+from mnistlab.bench.floor import step_floor, step_kernels
 from mnistlab.models import build_model
 from mnistlab.presets import resolve
-from mnistlab.training.floor import step_floor, step_kernels
 from mnistlab.training.optim import make_optimizer
 
 CPU = torch.device("cpu")

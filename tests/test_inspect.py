@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from mnistlab.exercises.anatomy import inspect
+from mnistlab.exercises.inspect import inspect
 
 
-def test_inspect_notebook_json():
-    r = subprocess.run([sys.executable, "-m", "mnistlab", "inspect", "--preset", "notebook", "--format", "json"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    info = json.loads(r.stdout)
+def test_inspect_notebook_json(cli):
+    code, out, err = cli("inspect", "--preset", "notebook", "--format", "json")
+    assert code == 0, err
+    info = json.loads(out)
     assert info["batch_size"] == 32 and info["epochs"] == 5
     conv, flat, d1, d2 = info["layers"]
     assert conv["type"] == "Conv2d" and conv["kernel_size"] == [3, 3] and conv["stride"] == [1, 1]
@@ -32,11 +29,10 @@ def test_inspect_notebook_json():
     assert info["flops_per_image"] == 2 * 9 * 32 * 676 + 2 * 21632 * 128 + 2 * 128 * 10
 
 
-def test_inspect_follows_overrides_and_other_models():
+def test_inspect_follows_overrides_and_other_models(cli):
     info = inspect("pytorch-example", optimizer="sgd", lr=0.1, opt_args={"momentum": 0.9})
     assert info["optimizer"]["name"] == "SGD" and info["optimizer"]["params"]["momentum"] == 0.9
     names = [row["name"] for row in info["layers"]]
     assert names[:2] == ["conv1", "conv2"] and info["total_params"] == 1_199_882
-    md = subprocess.run([sys.executable, "-m", "mnistlab", "inspect", "--format", "md"], capture_output=True,
-                        text=True)
-    assert "| conv1 | Conv2d | 1x28x28 | 32x26x26 | 32 | relu | 3x3 | 1x1 | 0x0 | 320 |" in md.stdout
+    code, md, _ = cli("inspect", "--format", "md")
+    assert code == 0 and "| conv1 | Conv2d | 1x28x28 | 32x26x26 | 32 | relu | 3x3 | 1x1 | 0x0 | 320 |" in md

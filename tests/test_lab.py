@@ -42,6 +42,7 @@ def lab_run(mnist_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProc
     return out, r
 
 
+@pytest.mark.slow
 def test_every_artifact_and_the_terminal_output(lab_run):
     out, r = lab_run
     missing = [a for a in ARTIFACTS if not (out / a).is_file() or (out / a).stat().st_size == 0]
@@ -53,6 +54,7 @@ def test_every_artifact_and_the_terminal_output(lab_run):
     assert f"training precision: {env['amp_dtype'] or 'fp32'} (`--amp auto`)" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_plain_pytorch_notebook_ran_with_the_labs_settings_and_is_cross_checked(lab_run):
     out, r = lab_run
     nb = nbformat.read(out / "lab_notebook.ipynb", as_version=4)
@@ -77,7 +79,7 @@ def test_the_plain_pytorch_notebook_ran_with_the_labs_settings_and_is_cross_chec
 
 def test_no_notebook_skips_the_step(cli, tmp_path, monkeypatch):
     from mnistlab.errors import ConfigError
-    from mnistlab.exercises import runner
+    from mnistlab.exercises import lab as runner
 
     seen = []
 
@@ -95,6 +97,7 @@ def _quoted(values) -> set[str]:
     return {f"{v:.2f}%" for v in values}
 
 
+@pytest.mark.slow
 def test_every_accuracy_in_the_report_comes_from_a_metrics_file(lab_run):
     out, _ = lab_run
     report = (out / "report.md").read_text()
@@ -120,6 +123,7 @@ def test_every_accuracy_in_the_report_comes_from_a_metrics_file(lab_run):
     assert "Training this very run on to 3 epochs took validation accuracy from" in report
 
 
+@pytest.mark.slow
 def test_exercise_2_and_question_6_choose_on_validation(lab_run):
     out, r = lab_run
     report = (out / "report.md").read_text()
@@ -139,6 +143,7 @@ def test_exercise_2_and_question_6_choose_on_validation(lab_run):
     assert "E2 chosen on validation" in r.stdout
 
 
+@pytest.mark.slow
 def test_html_is_self_contained_with_tables_and_images(lab_run):
     out, _ = lab_run
     page = (out / "report.html").read_text()
@@ -153,6 +158,7 @@ def test_html_is_self_contained_with_tables_and_images(lab_run):
     assert "TRUSTED SOURCES ONLY" in page
 
 
+@pytest.mark.slow
 def test_reloaded_predictions_equal_the_originals(lab_run, mnist_dir):
     out, _ = lab_run
     ex4 = json.loads((out / "exercise4/exercise4.json").read_text())
@@ -171,6 +177,7 @@ def test_reloaded_predictions_equal_the_originals(lab_run, mnist_dir):
         assert s["prediction"] in range(10) and 0 < s["probability"] <= 1
 
 
+@pytest.mark.slow
 def test_quirks_are_measured(lab_run):
     out, _ = lab_run
     q = json.loads((out / "quirks/quirks.json").read_text())
@@ -183,8 +190,8 @@ def test_quirks_are_measured(lab_run):
 
 def test_python_api_names():
     import mnistlab
-    import mnistlab.exercises.anatomy  # importing the submodules does not shadow the API's functions
-    import mnistlab.exercises.runner
+    import mnistlab.exercises.inspect  # importing the submodules does not shadow the API's functions
+    import mnistlab.exercises.lab
     import mnistlab.use.predict
     from mnistlab.experiments.compare import compare
     from mnistlab.experiments.sweep import sweep

@@ -133,3 +133,14 @@ def test_importing_mnistlab_changes_nothing_in_the_process():
     seen = json.loads(out.stdout)
     assert seen["before"][0] == 4_000_000
     assert seen["after"] == seen["before"] and seen["allocator_calls"] == []
+
+
+def test_contributing_lists_every_module():
+    """CONTRIBUTING's layer table names every module of the package, so a newcomer finds each one there."""
+    text = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text()
+    start = text.index("| layer | where | what |")
+    table = text[start:text.index("\n\n", start)]
+    missing = [str(p.relative_to(PACKAGE)) for p in sorted(PACKAGE.rglob("*.py"))
+               if p.stem not in ("__init__", "__main__") and f"`{p.stem}`" not in table
+               and f"`{p.name}`" not in table]
+    assert not missing, missing

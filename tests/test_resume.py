@@ -10,10 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from mnistlab.files.checkpoints import load_checkpoint
+
+pytestmark = pytest.mark.slow
 
 TIMING = {"seconds", "eval_seconds", "images_per_s"}  # wall-clock columns, the only ones allowed to differ
 TRAIN = [sys.executable, "-m", "mnistlab", "train", "--preset", "notebook", "--epochs", "3", "--subset", "2000",

@@ -20,6 +20,7 @@ def mnistlab(*args, **kw):
     return subprocess.run([sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_notebook_smoke_run_on_real_mnist(mnist_dir, tmp_path):
     out = tmp_path / "run"
     r = mnistlab("train", "--preset", "notebook", "--epochs", "1", "--subset", "10000", "--amp", "off",
@@ -44,11 +45,12 @@ def test_notebook_smoke_run_on_real_mnist(mnist_dir, tmp_path):
 
 
 def test_same_seed_same_metrics_on_cpu(mnist_dir):
-    runs = [train("notebook", epochs=2, subset=2000, seed=5, device="cpu", data_dir=mnist_dir,
+    runs = [train("notebook", epochs=2, subset=2000, test_subset=1000, seed=5, device="cpu", data_dir=mnist_dir,
                   quiet=True, write_run=False) for _ in range(2)]
     keys = ["train_loss", "train_acc", "test_loss", "test_acc"]
     assert [[h[k] for k in keys] for h in runs[0].history] == [[h[k] for k in keys] for h in runs[1].history]
-    other = train("notebook", epochs=1, subset=2000, seed=6, device="cpu", data_dir=mnist_dir, quiet=True,
+    assert [h["test_n"] for h in runs[0].history] == [1000, 1000]  # --test-subset: the first 1,000 test images
+    other = train("notebook", epochs=1, subset=2000, test_subset=1000, seed=6, device="cpu", data_dir=mnist_dir, quiet=True,
                   write_run=False)
     assert other.history[0]["train_loss"] != runs[0].history[0]["train_loss"]
 
@@ -90,19 +92,25 @@ def test_double_softmax_squashes_the_loss(mnist_dir):
         (["train", "--lr", "fast"], "expected a positive number"),
         (["train", "--opt", "momentum"], "--opt expects KEY=VALUE"),
         (["train", "--ema", "1.5"], "ema must be a decay in [0, 1), got 1.5"),
+        (["train", "--test-subset", "0"], "expected a positive integer"),
         (["train", "--device", "cuda:0"], "no CUDA GPU"),
         (["train", "--cuda-graphs", "--device", "cpu"], "--cuda-graphs needs a CUDA device; this run is on cpu"),
         (["train", "--resume", "/nonexistent/run"], "not found"),
         (["inspect", "--preset", "nope"], "unknown preset"),
     ],
 )
-def test_cli_errors_are_one_line_exit_2(args, message):
+def test_cli_errors_are_one_line_exit_2(args, message, cli):
     if "cuda" in " ".join(args) and torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    r = mnistlab(*args)
-    assert r.returncode == 2
-    assert message in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    code, _, err = cli(*args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_cli_error_in_a_real_process_is_one_line():
+    r = mnistlab("train", "--preset", "nope")
+    assert r.returncode == 2 and r.stderr.strip() == "error: unknown preset 'nope'; choose from best, fast, notebook, pytorch-example"
 
 
 def test_resume_cannot_stretch_a_one_cycle_schedule(tmp_path):
@@ -119,7 +127,7 @@ def test_a_run_resumed_elsewhere_keeps_the_environment_it_started_in(mnist_dir, 
     """env.json is the environment training runs on now; a resumed run that started on another machine or
     precision keeps that one under `earlier`, with the epochs it trained. Resumed where it started: no
     `earlier`."""
-    kw = dict(subset=1000, batch_size=100, device="cpu", amp="off", data_dir=mnist_dir, quiet=True)
+    kw = dict(subset=1000, test_subset=500, batch_size=100, device="cpu", amp="off", data_dir=mnist_dir, quiet=True)
     out = tmp_path / "run"
     train("notebook", epochs=1, out=out, **kw)
     first = json.loads((out / "env.json").read_text())

@@ -87,7 +87,7 @@ def test_bad_tune_options_are_one_line_errors(cli, tmp_path):
         (["--space", "momentum=0.8..0.9"], "'momentum' is not a tunable setting"),
         (["--space", "lr=1e-4..1e-2", "--sampler", "grid"], "the grid sampler needs listed values"),
         (["--space", "lr=1e-4..1e-2", "--lr", "1e-3"], "lr is both fixed (--lr) and tuned (--space)"),
-        (["--space", "lr=1e-4..1e-2", "--val", "0"], "--val must be at least 1"),
+        (["--space", "lr=1e-4..1e-2", "--val", "0"], "tune chooses by validation accuracy: hold out a validation split"),
         (["--space", "optimizer=adam,sgd", "--sampler", "cmaes"], "cmaes searches numeric ranges only"),
         (["--space", "lr=1e-4..1e-2", "--storage", "mysql://u@h/db"], "use a journal file path, sqlite:///FILE"),
         ([], "give at least one --space"),
@@ -101,6 +101,7 @@ def test_bad_tune_options_are_one_line_errors(cli, tmp_path):
 
 
 # ---------------------------------------------------------------- pruning
+@pytest.mark.slow
 def test_pruned_trials_stop_at_once_and_are_recorded_pruned(mnist_dir, tmp_path):
     """A pruner that prunes everything (accuracy below 100%): each 3-epoch trial stops after epoch 1. The grid
     sampler gives one trial per listed learning rate."""
@@ -122,6 +123,7 @@ def test_pruned_trials_stop_at_once_and_are_recorded_pruned(mnist_dir, tmp_path)
         assert cfg["description"].startswith(f"tune study notebook, trial {t.number}: lr=")
 
 
+@pytest.mark.slow
 def test_with_early_stopping_a_trial_is_scored_by_its_saved_model(mnist_dir, tmp_path):
     """--early-stop keeps the best epoch's weights: the trial's value and test accuracy are that epoch's (what
     `mnistlab evaluate` gives for its model.safetensors), not the last epoch's."""
@@ -217,6 +219,7 @@ def tune_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "mnistlab", "tune", *SMALL, "--space", "lr=5e-4..4e-3:log", *args]
 
 
+@pytest.mark.slow
 def test_journal_study_with_two_jobs_survives_a_killed_worker(cli, mnist_dir, tmp_path):
     out = tmp_path / "study"
     url = str(out / "journal.log")  # the default storage
@@ -274,6 +277,7 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_commands_share_a_postgresql_study_and_survive_a_killed_worker(cli, mnist_dir, tmp_path,
                                                                            postgres_url):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two single-threaded workers on this machine
@@ -308,6 +312,7 @@ def _open_after(barrier, url: str) -> None:
     open_storage(url, heartbeat=5)
 
 
+@pytest.mark.slow
 def test_workers_started_at_once_on_an_empty_database_all_open_it(postgres_url):
     """Every worker creates the storage's missing tables; started together on an empty database they would
     collide in CREATE TABLE without the schema lock."""

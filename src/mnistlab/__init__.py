@@ -4,9 +4,9 @@ The Python API, imported on first use so that `import mnistlab` stays light and 
 caller's process:
 
     mnistlab.train(...)      training.run.train         mnistlab.load(path)     use.predict.load_model
-    mnistlab.evaluate(...)   use.evaluate.evaluate_model mnistlab.inspect(...)  exercises.anatomy.inspect
+    mnistlab.evaluate(...)   use.evaluate.evaluate_model mnistlab.inspect(...)  exercises.inspect.inspect
     mnistlab.compare(...)    experiments.compare         mnistlab.sweep(...)    experiments.sweep
-    mnistlab.lab(...)        exercises.runner.lab        mnistlab.predict       the module use.predict
+    mnistlab.lab(...)        exercises.lab.lab        mnistlab.predict       the module use.predict
     mnistlab.tune(...)       experiments.tune            mnistlab.lr_find(...)  experiments.lr_find
 """
 
@@ -21,10 +21,10 @@ _API = {
     "train": ("mnistlab.training.run", "train"),
     "load": ("mnistlab.use.predict", "load_model"),
     "evaluate": ("mnistlab.use.evaluate", "evaluate_model"),
-    "inspect": ("mnistlab.exercises.anatomy", "inspect"),
+    "inspect": ("mnistlab.exercises.inspect", "inspect"),
     "compare": ("mnistlab.experiments.compare", "compare"),
     "sweep": ("mnistlab.experiments.sweep", "sweep"),
-    "lab": ("mnistlab.exercises.runner", "lab"),
+    "lab": ("mnistlab.exercises.lab", "lab"),
     "tune": ("mnistlab.experiments.tune", "tune"),
     "lr_find": ("mnistlab.experiments.lr_find", "lr_find"),
 }

@@ -12,6 +12,7 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ import torch
 from mnistlab.errors import ConfigError
 
 MNIST_MEAN_STD = (0.1307, 0.3081)
+DEFAULT_VAL = 10_000  # validation images held out where an experiment chooses on validation and none is named
+# config.json keys that were renamed: the old name -> the Config field that holds it now (read by from_dict).
+RENAMED: dict[str, str] = {}
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Config:
     double_softmax: bool = False  # the notebook's quirk: softmax before CrossEntropyLoss
     dataset: str = "mnist"
     subset: int | None = None  # train on the first N training images
+    test_subset: int | None = None  # score on the first N test images (None: all of them)
     val: int = 0  # hold out the last N training images as a validation split
     early_stop: int | None = None  # stop when validation accuracy has not improved for this many epochs
     seed: int = 0
@@ -59,12 +64,10 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Config:
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
-        if d.get("normalise") is not None:
-            d["normalise"] = tuple(d["normalise"])
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> Config:
+        """A Config from stored settings (a config.json): renamed keys mapped (`RENAMED`), settings left out
+        take their defaults; an unknown setting or a value of the wrong type is a ConfigError naming `where`."""
+        return cls(**settings(d, where))
 
     @property
     def lr(self) -> float:
@@ -126,11 +129,6 @@ PRESETS: dict[str, Config] = {
 }
 
 
-def register_preset(config: Config) -> Config:
-    PRESETS[config.preset] = config
-    return config
-
-
 def resolve(preset: str = "notebook", *, base: Config | None = None, **overrides: Any) -> Config:
     """The preset's Config (or `base`, e.g. from `load_config`) with `overrides` applied (None values are
     ignored; opt_args are merged)."""
@@ -167,8 +165,9 @@ def validate(cfg: Config) -> None:
     for key in ("batch_size", "test_batch_size", "epochs"):
         if int(getattr(cfg, key)) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if cfg.subset is not None and cfg.subset < 1:
-        raise ConfigError(f"subset must be at least 1, got {cfg.subset}")
+    for key in ("subset", "test_subset"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.val < 0:
         raise ConfigError(f"val must be 0 or more, got {cfg.val}")
     if cfg.subset is not None and cfg.val >= cfg.subset:
@@ -210,25 +209,36 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"--config {path}: not valid {'TOML' if toml else 'JSON'} ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a table of Config settings, got {type(data).__name__}")
-    hints = typing.get_type_hints(Config)
-    unknown = sorted(set(data) - set(hints))
-    if unknown:
-        raise ConfigError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
-    for key, value in data.items():
-        if not _fits(value, hints[key]):
-            expected = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
-            raise ConfigError(f"--config {path}: {key} = {value!r} is not of type {expected}")
-    if set(hints) <= set(data):
-        cfg = Config.from_dict(data)
+    data = settings(data, f"--config {path}")
+    if set(typing.get_type_hints(Config)) <= set(data):
+        cfg = Config(**data)
         validate(cfg)
         return cfg
     preset = data.pop("preset", "notebook")
     if preset not in PRESETS:
         raise ConfigError(f"--config {path}: unknown preset {preset!r}; a file naming no built-in preset must "
                           "give every setting")
+    return resolve(preset, **data)
+
+
+def settings(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Stored or written settings (a config.json, a TOML file) checked as Config fields: the one reader.
+
+    Renamed keys become their new names (`RENAMED`); an unknown key is a ConfigError listing the known ones,
+    a value that cannot be its field's type one naming the type. Lists stand for tuples (`normalise`)."""
+    hints = typing.get_type_hints(Config)
+    data = {RENAMED.get(k, k): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; the settings are "
+                          f"{', '.join(hints)}")
+    for key, value in data.items():
+        if not fits(value, hints[key]):
+            expected = getattr(hints[key], "__name__", None) or str(hints[key]).replace("typing.", "")
+            raise ConfigError(f"{where}: {key} = {value!r} is not of type {expected}")
     if data.get("normalise") is not None:
         data["normalise"] = tuple(data["normalise"])
-    return resolve(preset, **data)
+    return data
 
 
 def _toml():
@@ -239,8 +249,9 @@ def _toml():
     return tomllib
 
 
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON/TOML value can be the Config field annotated `hint` (lists stand for tuples)."""
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON/TOML/command-line value can be a setting annotated `hint` (lists stand for tuples; an
+    int is a float; a bool is neither): the one type check of settings, for Config fields and `--space`."""
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     for option in options:
         origin = typing.get_origin(option) or option
@@ -291,12 +302,16 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def parse_opt(items: list[str] | None) -> dict[str, Any]:
-    """`--opt KEY=VALUE` items -> {KEY: value}."""
+def parse_opt(items: Sequence[str] | None, *, scoped: bool = False) -> dict[str, Any]:
+    """`--opt KEY=VALUE` items -> {KEY: value}; with `scoped` (compare: one optimizer's arguments)
+    `--opt LABEL:KEY=VALUE` items -> {LABEL: {KEY: value}}, labels lower-cased."""
     out: dict[str, Any] = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--opt expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_value(value)
+        scope, colon, rest = item.partition(":") if scoped else ("", ":", item)
+        key, sep, value = rest.partition("=")
+        if not colon or not sep or not key.strip() or (scoped and not scope.strip()):
+            form = "OPTIMIZER:KEY=VALUE for compare" if scoped else "KEY=VALUE"
+            raise ConfigError(f"--opt expects {form}, got {item!r}")
+        target = out.setdefault(scope.strip().lower(), {}) if scoped else out
+        target[key.strip()] = parse_value(value)
     return out

@@ -13,6 +13,7 @@ standard error of 0.09 pt at 99.1% on 10,000 images), and the two roughly offset
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -72,3 +73,10 @@ class Difference:
     def as_dict(self) -> dict[str, float | int | bool]:
         return {"a": self.a, "b": self.b, "difference": self.value, "noise": self.noise, "exceeds_noise": self.exceeds,
                 "n": self.n}
+
+
+def best_epoch(accs: Sequence[float]) -> int:
+    """The epoch (1-based) of the highest of the per-epoch accuracies `accs`, the earliest of equal ones: the
+    one rule by which early stopping keeps an epoch, sweep scores a setting and the lab's analysis quotes the
+    best epoch."""
+    return max(range(len(accs)), key=lambda i: (accs[i], -i)) + 1

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset not in (None, "mnist"):
         raise ConfigError("bench measures MNIST only")
     opts = bench.BenchOptions(**kw, data_dir=args.data_dir, device=args.device)
-    result = bench.run(opts, args.out, serve=args.serve)
+    result = bench.run_benchmark(opts, args.out, serve=args.serve)
     print(bench.markdown(result), end="")
     print(f"written: {args.out}/bench.json, {args.out}/bench.md")
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from mnistlab.errors import ConfigError
 from mnistlab.presets import PRESETS, parse_opt
 
 
@@ -69,6 +68,8 @@ def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False,
     p.add_argument("--ema", type=float, metavar="DECAY",
                    help="weight averaging: evaluate and save a moving average of the weights (e.g. 0.999)")
     p.add_argument("--subset", type=positive_int, help="train on the first N training images")
+    p.add_argument("--test-subset", type=positive_int, metavar="N",
+                   help="score every epoch on the first N test images only (a quick look; default: all 10,000)")
     p.add_argument("--val", type=int, help="hold out N training images as a validation split")
     p.add_argument("--early-stop", type=positive_int, metavar="PATIENCE",
                    help="stop when validation accuracy has not improved for PATIENCE epochs; keep the best epoch")
@@ -85,7 +86,7 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """The Config overrides the user gave (unset options are None and leave the preset alone)."""
     over: dict[str, Any] = {}
     for key in ("epochs", "lr", "batch_size", "optimizer", "seed", "device", "amp", "compile", "cuda_graphs",
-                "channels_last", "double_softmax", "ema", "subset", "val", "early_stop", "dataset", "tensorboard"):
+                "channels_last", "double_softmax", "ema", "subset", "test_subset", "val", "early_stop", "dataset", "tensorboard"):
         value = getattr(args, key, None)
         if value is not None:
             over[key] = value
@@ -93,7 +94,3 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         over["opt_args"] = parse_opt(args.opt)
     return over
 
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from mnistlab.cli.common import add_training_options, overrides_from
-from mnistlab.experiments.compare import OPTIMIZER_DEFAULTS, compare, parse_scoped_opts
+from mnistlab.experiments.compare import OPTIMIZER_DEFAULTS, compare
+from mnistlab.presets import parse_opt
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = parse_scoped_opts(args.opt)
+    opts = parse_opt(args.opt, scoped=True)
     args.opt = None
     result = compare(args.preset, args.optimizers, opts, out=args.out, data_dir=args.data_dir, quiet=args.quiet,
                      use_defaults=not args.no_defaults, **overrides_from(args))

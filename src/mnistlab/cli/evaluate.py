@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mnistlab.cli.common import add_data_options, positive_int
 from mnistlab.cli.predict import add_model_options
-from mnistlab.use.ensemble import ensemble_model
+from mnistlab.use.ensemble import evaluate_ensemble
 from mnistlab.use.evaluate import evaluate_model
 from mnistlab.use.predict import load_model
 
@@ -36,15 +36,16 @@ def default_out(model_path: Path, ensemble: bool = False) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     members = [load_model(m, trust_pickle=args.trust_pickle) for m in (args.model or [None])]
-    loaded = members[0] if len(members) == 1 else ensemble_model(members)
+    loaded = members[0]
     out = Path(args.out) if args.out else default_out(loaded.path, ensemble=len(members) > 1)
-    result = evaluate_model(loaded, args.split, args.data_dir, out, args.worst)
     if len(members) > 1:
-        result["member_accuracies"] = [evaluate_model(m, args.split, args.data_dir)["accuracy"] for m in members]
+        result = evaluate_ensemble(members, args.split, args.data_dir, out, args.worst)
+    else:
+        result = evaluate_model(loaded, args.split, args.data_dir, out, args.worst)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
-    print(f"model {loaded.name} ({loaded.format}): {loaded.path}")
+    print(f"model {result['model']} ({result['format']}): {result['path']}")
     if len(members) > 1:
         print(f"ensemble of {len(members)}: " + "  ".join(f"{m.path}: {acc:.2f}%" for m, acc in
                                                            zip(members, result["member_accuracies"], strict=True)))

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from mnistlab.cli.common import add_training_options, overrides_from
-from mnistlab.exercises.anatomy import inspect
+from mnistlab.exercises.inspect import inspect
 from mnistlab.exercises.report.sections import LAYER_COLUMNS as COLUMNS
 from mnistlab.exercises.report.sections import cell as _cell
 

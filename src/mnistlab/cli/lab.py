@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnistlab.exercises.runner import lab
+    from mnistlab.exercises.lab import lab
 
     if args.dataset not in (None, "mnist"):
         raise ConfigError("the lab is about MNIST; --dataset must be mnist")

@@ -33,7 +33,7 @@ def decode_image(data: bytes | str | Path, name: str | None = None) -> Image.Ima
 
     Raises InputImageError (one line naming the input) for an unreadable, empty, non-image, truncated,
     oversized (> MAX_PIXELS), multi-frame or unsupported-mode image. EXIF orientation is applied,
-    16-bit images are rescaled (not clipped) and transparency is flattened (see ``_flatten``).
+    16-bit images are rescaled (not clipped) and transparency is flattened (see ``_to_grayscale``).
     """
     label = name or (str(data) if isinstance(data, (str, Path)) else "image")
     if isinstance(data, (str, Path)):
@@ -70,10 +70,10 @@ def decode_image(data: bytes | str | Path, name: str | None = None) -> Image.Ima
         im = ImageOps.exif_transpose(im)
     except Exception as e:
         raise InputImageError(f"{label}: truncated or corrupt image ({e})") from None
-    return _flatten(im, label)
+    return _to_grayscale(im, label)
 
 
-def _flatten(img: Image.Image, label: str = "image") -> Image.Image:
+def _to_grayscale(img: Image.Image, label: str = "image") -> Image.Image:
     """Convert any supported mode to 8-bit grayscale "L".
 
     16-bit images ("I;16*", and "I" with values above 255) are scaled by 255/65535, not clipped;
@@ -123,7 +123,7 @@ def _flatten(img: Image.Image, label: str = "image") -> Image.Image:
 
 def to_mnist(img: Image.Image) -> tuple[torch.Tensor, bool]:
     """Preprocess a PIL image like MNIST: returns a (28, 28) float32 tensor in [0, 1] and a ``blank`` flag."""
-    gray = _flatten(img)
+    gray = _to_grayscale(img)
     if max(gray.size) > WORK_SIZE:  # bound time and memory: the digit ends up 20 px tall anyway
         scale = WORK_SIZE / max(gray.size)
         gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.BOX)

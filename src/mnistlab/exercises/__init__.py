@@ -1,1 +1,1 @@
-"""The lab's exercises: model anatomy, learning-curve analysis, the lab runner and its report."""
+"""The lab's exercises: `mnistlab inspect` (model anatomy), learning-curve analysis, the lab (`mnistlab lab`) and its report."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistlab.files.runs import atomic_write, write_json
-from mnistlab.stats import Difference
+from mnistlab.stats import Difference, best_epoch
 from mnistlab.tables import csv_text, pct, pts
 
 UNDERFIT_TRAIN_ACC = 95.0  # train accuracy (percent) below which the model has not fit its training data
@@ -74,7 +74,7 @@ def analyse(history: list[dict[str, Any]], split: str | None = None,
     loss = [r[f"{split}_loss"] for r in history]
     train = [r["train_acc"] for r in history]
     gaps = [t - a for t, a in zip(train, acc, strict=True)]
-    best = max(range(len(acc)), key=lambda i: (acc[i], -i))
+    best = best_epoch(acc) - 1
     low = min(range(len(loss)), key=lambda i: (loss[i], i))
     w = min(WINDOW, len(acc) - 1)
     facts: dict[str, Any] = {

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 
 from mnistlab.errors import ConfigError
-from mnistlab.experiments.trial import same_run
+from mnistlab.experiments.trial import make_spec, reuse_problem
 from mnistlab.files.checkpoints import model_metadata, read_safetensors, save_safetensors
 from mnistlab.files.runs import atomic_write, new_run_dir, read_json, read_metrics, write_json, write_metrics
-from mnistlab.presets import Config, optimizer_class, parse_value, resolve, validate
+from mnistlab.presets import Config, optimizer_class, validate
 from mnistlab.stats import Difference
 from mnistlab.tables import csv_text, md_table, pct
 from mnistlab.training.run import build, init_weights, train
@@ -58,18 +58,6 @@ def parse_optimizers(spec: str | Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
-def parse_scoped_opts(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
-    """`--opt sgd:lr=0.01` items -> {"sgd": {"lr": 0.01}}."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items or []:
-        scope, colon, rest = item.partition(":")
-        key, eq, value = rest.partition("=")
-        if not colon or not eq or not scope.strip() or not key.strip():
-            raise ConfigError(f"--opt expects OPTIMIZER:KEY=VALUE for compare, got {item!r}")
-        out.setdefault(scope.strip().lower(), {})[key.strip()] = parse_value(value)
-    return out
-
-
 def optimizer_config(base: Config, label: str, name: str, opts: dict[str, Any] | None = None,
                      use_defaults: bool = True) -> tuple[Config, list[str]]:
     """`base` trained with optimizer `name`: the preset's arguments for its own optimizer, else the explicit
@@ -108,38 +96,60 @@ class CompareResult:
         return self.notes + self.verdict["lines"]
 
 
+@dataclass(frozen=True)
+class CompareSpec:
+    """One comparison: `base` trained once per optimizer of `optimizers` ("adam,sgd,plain=sgd"), `opts`
+    mapping a label to its arguments ({"sgd": {"lr": 0.05}}); `use_defaults` applies OPTIMIZER_DEFAULTS;
+    `init_state` the common start (default: the base's seeded weights); `reuse` maps a label to an existing
+    run directory to take its metrics from instead of training, once `trial.reuse_problem` finds nothing
+    against it and it started from the same weights."""
+
+    base: Config
+    optimizers: str | Sequence[str] = ("adam", "sgd")
+    opts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    use_defaults: bool = True
+    init_state: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    reuse: dict[str, str | Path] = field(default_factory=dict)
+    out: str | Path | None = None
+    data_dir: str | Path | None = None
+    quiet: bool = False
+
+
 def compare(preset: str = "notebook", optimizers: str | Sequence[str] = ("adam", "sgd"),
-            opts: dict[str, dict[str, Any]] | None = None, *, out: str | Path | None = None,
-            data_dir: str | Path | None = None, quiet: bool = False, use_defaults: bool = True,
-            init_state: dict[str, torch.Tensor] | None = None, reuse: dict[str, str | Path] | None = None,
-            config: Config | None = None, **overrides: Any) -> CompareResult:
+            opts: dict[str, dict[str, Any]] | None = None, *, config: Config | None = None,
+            **kwargs: Any) -> CompareResult:
     """Train `preset` once per optimizer from the same initial weights and data order; table, figure, verdict.
 
-    `opts` maps an optimizer label to its arguments ({"sgd": {"lr": 0.05}}). `reuse` maps a label to an
-    existing run directory to take its metrics from instead of training, once it is checked to be the same
-    run (same settings, same seed; its initial.safetensors, if any, equal to this comparison's start).
+    Keywords naming a `CompareSpec` field (use_defaults, init_state, reuse, out, data_dir, quiet) set it; the
+    others override the preset, or `config` is the base.
     """
-    base = config or resolve(preset, **overrides)
-    specs = parse_optimizers(optimizers)
-    unknown = set(opts or {}) - {label for label, _ in specs}
+    return run_compare(make_spec(CompareSpec, "compare", preset, config, kwargs, optimizers=optimizers,
+                                 opts=opts or {}))
+
+
+def run_compare(spec: CompareSpec) -> CompareResult:
+    """Train `spec`'s optimizers; compare.csv/md/json, compare.png, the verdict."""
+    base, opts, quiet = spec.base, spec.opts, spec.quiet
+    specs = parse_optimizers(spec.optimizers)
+    unknown = set(opts) - {label for label, _ in specs}
     if unknown:
         raise ConfigError(f"--opt names {', '.join(sorted(unknown))}, which is not among the optimizers compared")
-    run_dir = new_run_dir(f"compare-{base.preset}", out)
-    init_state = init_state if init_state is not None else init_weights(base)
+    run_dir = new_run_dir(f"compare-{base.preset}", spec.out)
+    init_state = spec.init_state if spec.init_state is not None else init_weights(base)
     save_state(init_state, base, run_dir / "initial.safetensors")
     configs, histories, notes = {}, {}, []
     for i, (label, name) in enumerate(specs, 1):
-        cfg, why = optimizer_config(base, label, name, (opts or {}).get(label), use_defaults)
+        cfg, why = optimizer_config(base, label, name, opts.get(label), spec.use_defaults)
         configs[label], notes = cfg, notes + why
         if not quiet:
             args = ", ".join(f"{k}={v}" for k, v in cfg.opt_args.items())
             print(f"[compare {i}/{len(specs)}] {label}: {name}({args})", flush=True)
-        source = (reuse or {}).get(label)
+        source = spec.reuse.get(label)
         if source is not None:
             histories[label] = _reuse_run(Path(source), cfg, init_state, run_dir / label)
             notes.append(f"{label}: metrics reused from {source} (same settings, initial weights and data order)")
         else:
-            histories[label] = train(config=cfg, out=run_dir / label, data_dir=data_dir, quiet=quiet,
+            histories[label] = train(config=cfg, out=run_dir / label, data_dir=spec.data_dir, quiet=quiet,
                                      init_state=init_state).history
     table = side_by_side(histories)
     verdict = compare_verdict(histories)
@@ -149,11 +159,12 @@ def compare(preset: str = "notebook", optimizers: str | Sequence[str] = ("adam",
 
 
 def _reuse_run(source: Path, cfg: Config, init_state: dict[str, torch.Tensor], dest: Path) -> list[dict[str, Any]]:
-    src_cfg = Config.from_dict(read_json(source / "config.json"))
     history = read_metrics(source)
-    if not same_run(src_cfg, cfg) or len(history) < cfg.epochs:
-        raise ConfigError(f"{source}: not the same run as this comparison's {cfg.optimizer} "
-                          f"(settings differ or fewer than {cfg.epochs} epochs); cannot reuse it")
+    problem = reuse_problem(source, cfg) or (f"fewer than {cfg.epochs} epochs" if len(history) < cfg.epochs else None)
+    if problem is not None:
+        raise ConfigError(f"{source}: not the same run as this comparison's {cfg.optimizer} ({problem}); "
+                          "cannot reuse it")
+    src_cfg = Config.from_dict(read_json(source / "config.json"), str(source))
     initial = source / "initial.safetensors"
     start = read_safetensors(initial)[0] if initial.exists() else init_weights(src_cfg)
     if not states_equal(start, init_state):

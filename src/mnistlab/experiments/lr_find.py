@@ -24,21 +24,22 @@ away afterwards. The batches are the Config's seeded shuffle, so a seed gives th
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mnistlab.data.loader import DeviceLoader
 from mnistlab.errors import ConfigError
+from mnistlab.experiments.trial import make_spec
 from mnistlab.files.runs import new_run_dir, write_json
-from mnistlab.presets import Config, resolve
-from mnistlab.training.device import amp_dtype, autocast, cpu_training_mode, pick_device
-from mnistlab.training.engine import loss_fn
+from mnistlab.presets import Config
+from mnistlab.training.device import amp_dtype, pick_device
+from mnistlab.training.distributed import DistEnv
+from mnistlab.training.engine import Callback, fit
 from mnistlab.training.optim import make_optimizer
-from mnistlab.training.run import augmenter, build, load_data
+from mnistlab.training.run import Prepared, build, load_data, step_options, wrap
 
 MIN_DIVISOR = 10.0  # minimum/10: the rate at the smoothed loss's minimum / 10
 PEAK_SCHEDULES = ("onecycle", "cosine")  # schedules whose configured rate is a peak: minimum/10
@@ -77,12 +78,39 @@ class LrFindResult:
                 "config": self.config.to_dict(), "lrs": self.lrs, "losses": self.losses, "smoothed": self.smoothed}
 
 
-def _batches(train: DeviceLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The training batches of epoch 1, 2, ... in the loader's seeded order, without end."""
-    epoch = 1
-    while True:
-        yield from train.epoch(epoch)
-        epoch += 1
+class _RampOver(Exception):
+    """Raised by the reader to end the range test inside the engine's epoch."""
+
+
+class _RampReader(Callback):
+    """Engine callback of the range test: reads every step's loss (one host sync per step), smooths it, and
+    ends the ramp after `steps` steps, at a loss that is not finite, or once the smoothed loss exceeds
+    `diverge` times its minimum."""
+
+    def __init__(self, start_lr: float, growth: float, steps: int, smoothing: float, diverge: float) -> None:
+        self.start_lr, self.growth, self.steps, self.smoothing, self.diverge = start_lr, growth, steps, smoothing, diverge
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.average, self.i = 0.0, 0
+        self.stopped = f"reached the end of the ramp ({steps} steps)"
+
+    def on_step(self, loss: torch.Tensor) -> None:
+        i, lr = self.i, self.start_lr * self.growth**self.i
+        self.i += 1
+        value = loss.item()
+        if not math.isfinite(value):
+            self.stopped = f"the loss became {value} at lr {lr:.3g} (step {i + 1})"
+            raise _RampOver
+        self.average = self.smoothing * self.average + (1 - self.smoothing) * value
+        self.lrs.append(lr)
+        self.losses.append(value)
+        self.smoothed.append(self.average / (1 - self.smoothing ** (i + 1)))
+        if self.smoothed[-1] > self.diverge * min(self.smoothed):
+            self.stopped = f"the smoothed loss exceeded {self.diverge:g}x its minimum at lr {lr:.3g} (step {i + 1})"
+            raise _RampOver
+        if self.i == self.steps:
+            raise _RampOver
 
 
 def suggest(lrs: list[float], smoothed: list[float], schedule: str | None = None) -> tuple[float, str, float, float]:
@@ -97,53 +125,56 @@ def suggest(lrs: list[float], smoothed: list[float], schedule: str | None = None
     return float(f"{rate:.2g}"), rule, lrs[low], steep
 
 
-def lr_find(preset: str = "notebook", *, config: Config | None = None, start_lr: float = 1e-7,
-            end_lr: float = 10.0, steps: int = 300, smoothing: float = 0.98, diverge: float = 4.0,
-            out: str | Path | None = None, data_dir: str | Path | None = None, write: bool = True,
-            **overrides: Any) -> LrFindResult:
-    """Run the range test for `preset` (with overrides) or `config`; with `write`, lr_find.json and lr_find.png
-    in `out` (default runs/lr-find-<preset>-<timestamp>)."""
+@dataclass(frozen=True)
+class LrFindSpec:
+    """One range test of `base`: `steps` rates from `start_lr` to `end_lr`, the loss smoothed by `smoothing`,
+    ended early when the smoothed loss exceeds `diverge` times its minimum; with `write`, lr_find.json and
+    lr_find.png in `out` (default runs/lr-find-<preset>-<timestamp>)."""
+
+    base: Config
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    steps: int = 300
+    smoothing: float = 0.98
+    diverge: float = 4.0
+    out: str | Path | None = None
+    data_dir: str | Path | None = None
+    write: bool = True
+
+
+def lr_find(preset: str = "notebook", *, config: Config | None = None, **kwargs: Any) -> LrFindResult:
+    """Run the range test for `preset` (with overrides) or `config`. Keywords naming an `LrFindSpec` field
+    (start_lr, end_lr, steps, smoothing, diverge, out, data_dir, write) set it; the others override the
+    preset."""
+    return run_lr_find(make_spec(LrFindSpec, "lr-find", preset, config, kwargs))
+
+
+def run_lr_find(spec: LrFindSpec) -> LrFindResult:
+    """The range test of `spec`."""
+    cfg, start_lr, end_lr, steps = spec.base, spec.start_lr, spec.end_lr, spec.steps
+    smoothing, diverge, out, data_dir, write = spec.smoothing, spec.diverge, spec.out, spec.data_dir, spec.write
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"the range test needs 0 < start_lr < end_lr, got {start_lr:g} and {end_lr:g}")
     if steps < 2:
         raise ConfigError(f"the range test needs at least 2 steps, got {steps}")
-    cfg = config if config is not None else resolve(preset, **overrides)
     device = pick_device(cfg.device)
-    train = load_data(cfg, device, data_dir).train
+    data = load_data(cfg, device, data_dir)
     model = build(cfg, device)  # seeds torch: the same initial weights and augmentation draws for a seed
     optimizer = make_optimizer(cfg, model.parameters(), device)
-    amp, augment = amp_dtype(cfg.amp, device), augmenter(cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = start_lr
     growth = (end_lr / start_lr) ** (1.0 / (steps - 1))
-    lrs, losses, smoothed = [], [], []
-    average, stopped = 0.0, f"reached the end of the ramp ({steps} steps)"
-    batches = _batches(train)
-    with cpu_training_mode(device):
-        model.train()
-        for i in range(steps):
-            lr = start_lr * growth**i
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = next(batches)
-            if augment is not None:
-                x = augment(x)
-            with autocast(device, amp):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y, cfg.label_smoothing, cfg.double_softmax, reduction="mean")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = loss.item()  # the range test reads every step's loss: one host sync per step
-            if not math.isfinite(value):
-                stopped = f"the loss became {value} at lr {lr:.3g} (step {i + 1})"
-                break
-            average = smoothing * average + (1 - smoothing) * value
-            lrs.append(lr)
-            losses.append(value)
-            smoothed.append(average / (1 - smoothing ** (i + 1)))
-            if smoothed[-1] > diverge * min(smoothed):
-                stopped = (f"the smoothed loss exceeded {diverge:g}x its minimum at lr {lr:.3g} "
-                           f"(step {i + 1})")
-                break
+    ramp = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: growth**i)  # step i at start_lr * growth**i
+    prepared = Prepared(device, data, model, optimizer, ramp, True, amp_dtype(cfg.amp, device))
+    net = wrap(prepared, cfg, DistEnv())  # what train() trains: bf16 weight copies, torch.compile
+    reader = _RampReader(start_lr, growth, steps, smoothing, diverge)
+    try:  # the engine's own step; the reader ends the ramp from inside the epoch
+        fit(net, optimizer, data.train, {}, epochs=sys.maxsize, scheduler=ramp, schedule_per_step=True,
+            step=step_options(cfg, prepared.amp), callbacks=[reader])
+    except _RampOver:
+        pass
+    lrs, losses, smoothed, stopped = reader.lrs, reader.losses, reader.smoothed, reader.stopped
+    train = data.train
     if len(lrs) < 2:
         raise ConfigError(f"the range test diverged immediately ({stopped}); lower --start-lr")
     suggestion, rule, low, steep = suggest(lrs, smoothed, cfg.schedule)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from mnistlab.errors import ConfigError
-from mnistlab.presets import Config, parse_value, resolve
+from mnistlab.presets import Config, fits, parse_value, resolve
 from mnistlab.training.optim import make_optimizer
 
 # What each tunable setting holds; opt.KEY (an optimizer argument) takes numbers or listed values.
@@ -157,7 +157,7 @@ def parse_dimension(spec: str) -> Dimension:
     choices = tuple(parse_value(t) for t in items)
     if len(set(choices)) != len(choices):
         raise ConfigError(f"--space {spec}: a value is listed twice")
-    wrong = [t for t, c in zip(items, choices, strict=True) if not _fits(c, kind)]
+    wrong = [t for t, c in zip(items, choices, strict=True) if not fits(c, kind or Any)]
     if wrong:
         raise ConfigError(f"--space {spec}: {wrong[0]!r} is not {_WORDS[kind]}")
     return Dimension(name, "choice", choices=tuple(float(c) if kind is float else c for c in choices))
@@ -166,18 +166,12 @@ def parse_dimension(spec: str) -> Dimension:
 _WORDS = {int: "a whole number", float: "a number", str: "a name", bool: "true or false", None: "a value"}
 
 
-def _fits(value: Any, kind: type | None) -> bool:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return {int: isinstance(value, int) and number, float: number, str: isinstance(value, str),
-            bool: isinstance(value, bool)}.get(kind, True)
-
-
 def _range(spec: str, name: str, text: str, kind: type | None) -> Dimension:
     body, _, flag = text.partition(":")
     if flag not in ("", "log"):
         raise ConfigError(f"--space {spec}: unknown flag {flag!r} (only :log)")
     low, high = (parse_value(t) for t in body.split("..", 1))
-    if not (_fits(low, float) and _fits(high, float)):
+    if not (fits(low, float) and fits(high, float)):
         raise ConfigError(f"--space {spec}: a range needs two numbers, LOW..HIGH")
     is_int = kind is int or (kind is None and isinstance(low, int) and isinstance(high, int))
     if is_int and not (isinstance(low, int) and isinstance(high, int)):

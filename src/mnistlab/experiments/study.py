@@ -39,7 +39,6 @@ from mnistlab.experiments.space import Space
 
 HEARTBEAT_KEY = "mnistlab:heartbeat"
 MAX_RETRY = 3  # a trial whose worker dies more often than this stays failed
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 

@@ -1,7 +1,7 @@
 """Exercise 2: `sweep("notebook", lrs=[5e-4, 1e-3, 2e-3], epochs=[5, 8], jobs=2)` trains a grid, reusing
 longer runs for shorter epoch settings, and writes a table of the grid, a figure and the chosen setting.
 
-The setting is chosen by validation accuracy (the last `val` training images, 10,000 by default, which no run
+The setting is chosen by validation accuracy (the last `val` training images, `DEFAULT_VAL` = 10,000 by default, which no run
 of the grid trains on); the test accuracy of every setting is reported beside it and never used to choose.
 """
 
@@ -20,16 +20,14 @@ from typing import Any
 import torch
 
 from mnistlab.errors import ConfigError
-from mnistlab.experiments.trial import run_trial, same_run
+from mnistlab.experiments.trial import make_spec, reuse_problem, run_trial, same_run
 from mnistlab.files.runs import atomic_write, new_run_dir, read_json, read_metrics, write_json
-from mnistlab.presets import Config, resolve, validate
-from mnistlab.stats import Difference
+from mnistlab.presets import Config, validate
+from mnistlab.stats import Difference, best_epoch
 from mnistlab.tables import csv_text, pct
 from mnistlab.training.distributed import usable_cpus
 
 # ---------------------------------------------------------------- sweep (Exercise 2)
-VAL = 10_000  # validation images held out when the caller names no split: MNIST's test set size
-
 
 @dataclass
 class Job:
@@ -111,11 +109,10 @@ def plan(base: Config, lrs: Sequence[float], epochs: Sequence[int], batch_sizes:
     reusable = reuse and base.schedule in (None, "step")
     existing, notes = [], []
     for p in map(Path, runs):
-        if "amp_dtype" not in (read_json(p / "env.json") if (p / "env.json").exists() else {}):
-            # Written before val/test were always evaluated in fp32: its numbers may be autocast's.
-            notes.append(f"{p}: made by an older mnistlab (no training precision in env.json); not reused")
+        if (problem := reuse_problem(p)) is not None:
+            notes.append(f"{p}: {problem}; not reused")
             continue
-        existing.append((p, Config.from_dict(read_json(p / "config.json"))))
+        existing.append((p, Config.from_dict(read_json(p / "config.json"), str(p))))
     jobs = []
     for lr, bs in itertools.product(lrs, batch_sizes):
         label = _label(lr, bs)
@@ -157,29 +154,47 @@ def run_job(job: Job, data_dir: str | Path | None, quiet: bool) -> tuple[list[di
     return history, time.perf_counter() - t0
 
 
+@dataclass(frozen=True)
+class SweepSpec:
+    """One sweep: the grid lrs x epochs x batch sizes around `base` (an empty axis: the base's own value),
+    trained in `jobs` processes; `runs` are existing run directories it may reuse (same settings) instead of
+    training again, `reuse` lets one run of the longest setting serve the shorter ones."""
+
+    base: Config
+    lrs: Sequence[float] = ()
+    epochs: Sequence[int] = ()
+    batch_sizes: Sequence[int] = ()
+    jobs: int = 1
+    reuse: bool = True
+    runs: Sequence[str | Path] = ()
+    out: str | Path | None = None
+    data_dir: str | Path | None = None
+    quiet: bool = False
+
+
 def sweep(preset: str = "notebook", lrs: Sequence[float] | None = None, epochs: Sequence[int] | None = None,
-          batch_sizes: Sequence[int] | None = None, *, jobs: int = 1, out: str | Path | None = None,
-          data_dir: str | Path | None = None, quiet: bool = False, reuse: bool = True,
-          runs: Sequence[str | Path] = (), config: Config | None = None, **overrides: Any) -> SweepResult:
+          batch_sizes: Sequence[int] | None = None, *, config: Config | None = None, **kwargs: Any) -> SweepResult:
     """Train the grid lrs x epochs x batch sizes around `preset`; sweep.csv, sweep.json, sweep.png, the best.
 
-    `jobs` > 1 trains configurations in that many spawned processes, the CPU threads divided between them.
-    `runs` are existing run directories the grid may reuse (same settings) instead of training again.
+    Keywords naming a `SweepSpec` field (jobs, reuse, runs, out, data_dir, quiet) set it; the others override
+    the preset (val defaults to `DEFAULT_VAL`), or `config` is the base. `jobs` > 1 trains configurations in
+    that many spawned processes, the CPU threads divided between them.
     """
-    if config is None and overrides.get("val") is None:
-        overrides["val"] = VAL
-    base = config or resolve(preset, **overrides)
-    if base.val < 1:
-        raise ConfigError(f"sweep chooses by validation accuracy: hold out a validation split (--val N, default "
-                          f"{VAL:,}), got val {base.val}")
-    lrs = list(lrs or [base.lr])
-    epochs = list(epochs or [base.epochs])
-    batch_sizes = list(batch_sizes or [base.batch_size])
+    return run_sweep(make_spec(SweepSpec, "sweep", preset, config, kwargs, validation=True, lrs=lrs or (),
+                               epochs=epochs or (), batch_sizes=batch_sizes or ()))
+
+
+def run_sweep(spec: SweepSpec) -> SweepResult:
+    """Train `spec`'s grid; sweep.csv, sweep.json, sweep.png and the setting chosen on validation."""
+    base, data_dir, quiet = spec.base, spec.data_dir, spec.quiet
+    lrs = list(spec.lrs or [base.lr])
+    epochs = list(spec.epochs or [base.epochs])
+    batch_sizes = list(spec.batch_sizes or [base.batch_size])
     if min(epochs) < 1 or min(batch_sizes) < 1 or min(lrs) <= 0:
         raise ConfigError("sweep values must be positive")
-    run_dir = new_run_dir(f"sweep-{base.preset}", out)
-    todo, notes = plan(base, lrs, epochs, batch_sizes, run_dir, reuse, runs)
-    jobs = max(1, min(int(jobs), len(todo)))
+    run_dir = new_run_dir(f"sweep-{base.preset}", spec.out)
+    todo, notes = plan(base, lrs, epochs, batch_sizes, run_dir, spec.reuse, spec.runs)
+    jobs = max(1, min(int(spec.jobs), len(todo)))
     if jobs > 1:
         threads = max(1, usable_cpus() // jobs)
         notes.append(f"{len(todo)} runs in {jobs} parallel processes, {threads} CPU thread(s) each")
@@ -226,7 +241,7 @@ def _row(job: Job, epochs: int) -> dict[str, Any]:
     highest validation accuracy over the epochs; final_*: the last epoch trained.
     """
     h = job.history[:epochs]
-    best = max(range(len(h)), key=lambda i: (h[i]["val_acc"], -i))
+    best = best_epoch([r["val_acc"] for r in h]) - 1
     model = best if job.config.early_stop else len(h) - 1
     how = job.how if epochs == job.config.epochs else f"epochs 1-{epochs} of the {job.config.epochs}-epoch run"
     return {

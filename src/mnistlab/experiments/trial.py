@@ -1,5 +1,6 @@
-"""What experiments share about one training run: when two configurations compute the same epochs, and the
-one trial runner that sweep and tune train every configuration with."""
+"""What experiments share about one training run: the validation split they choose on, when two
+configurations compute the same epochs, which existing runs may be reused, and the one trial runner that
+sweep and tune train every configuration with."""
 
 from __future__ import annotations
 
@@ -7,19 +8,66 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mnistlab.errors import ConfigError
 from mnistlab.files.runs import atomic_write, read_json, write_json
-from mnistlab.presets import Config
+from mnistlab.presets import DEFAULT_VAL, Config, resolve
 from mnistlab.training.engine import Callback
 from mnistlab.training.run import TrainResult, train
+
+S = TypeVar("S")
 
 # Settings that do not change what a run computes epoch by epoch.
 NEUTRAL_KEYS = {"epochs", "description", "preset", "device", "compile", "cuda_graphs", "channels_last",
                 "tensorboard"}
 # What a run directory needs to be continued from its last completed epoch.
 RUN_FILES = ("config.json", "env.json", "metrics.csv", "metrics.jsonl", "checkpoint.pt")
+
+
+def make_spec(cls: type[S], who: str, preset: str, config: Config | None, kwargs: dict[str, Any], *,
+              validation: bool = False, **fields: Any) -> S:
+    """The typed spec `cls` of an experiment from a keyword call: keywords naming one of its fields set it,
+    the others are Config overrides of `preset` (or `config`, ready, given alone) that make its `base`;
+    with `validation`, the base holds out a validation split (`held_out`)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    fields |= {k: kwargs.pop(k) for k in list(kwargs) if k in names and k != "base"}
+    if config is not None:
+        if kwargs:
+            raise ConfigError(f"{who}: give a ready config or settings ({', '.join(sorted(kwargs))}), not both")
+        base = config
+    else:
+        base = resolve(preset, **(held_out(who, kwargs) if validation else kwargs))
+    if validation:
+        check_held_out(who, base.val)
+    return cls(base=base, **fields)
+
+
+def held_out(who: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` (None values dropped) with the validation split `who` chooses on: `DEFAULT_VAL` images
+    unless `val` is given; fewer than one is a ConfigError."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.setdefault("val", DEFAULT_VAL)
+    check_held_out(who, overrides["val"])
+    return overrides
+
+
+def check_held_out(who: str, val: int) -> None:
+    if val < 1:
+        raise ConfigError(f"{who} chooses by validation accuracy: hold out a validation split (--val N, default "
+                          f"{DEFAULT_VAL:,}), got val {val}")
+
+
+def reuse_problem(run_dir: Path, cfg: Config | None = None) -> str | None:
+    """Why the existing run `run_dir` cannot stand in for a run of `cfg` (None: it can), for every experiment
+    that reuses runs: it must record its training precision (older runs' val/test figures may be autocast's,
+    not fp32) and, when `cfg` is given, compute the same epochs (`same_run`)."""
+    env = read_json(run_dir / "env.json") if (run_dir / "env.json").exists() else {}
+    if "amp_dtype" not in env:
+        return "made by an older mnistlab (no training precision in env.json)"
+    if cfg is not None and not same_run(Config.from_dict(read_json(run_dir / "config.json"), str(run_dir)), cfg):
+        return "not the same settings"
+    return None
 
 
 def config_json(cfg: Config) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """`tune()`: Exercise 2 as a search, on Optuna. Trials sample a `--space` around a preset, each trains an
 ordinary run directory through the trial runner sweep uses, reports its validation accuracy after every
-epoch (the pruner may stop it there), and is judged by its final validation accuracy. The test accuracy of
+epoch (the pruner may stop it there), and is judged by the validation accuracy of the model it saves: its best
+epoch's under `--early-stop`, else its last epoch's. The test accuracy of
 completed trials is recorded beside it and never used to choose.
 
     tune("notebook", ["lr=1e-4..1e-2:log", "epochs=2..10"], trials=30, sampler="tpe", pruner="asha")
@@ -40,13 +41,11 @@ from mnistlab.experiments.study import (
     retried_from,
     storage_url,
 )
-from mnistlab.experiments.trial import config_json, run_trial
+from mnistlab.experiments.trial import config_json, held_out, run_trial
 from mnistlab.files.runs import read_metrics
 from mnistlab.tables import pct
 from mnistlab.training.distributed import usable_cpus
 from mnistlab.training.pruning import Pruning
-
-DEFAULT_VAL = 10_000  # validation images held out of the training set: what every trial is judged on
 
 
 @dataclass
@@ -111,30 +110,51 @@ def trial_dir(out: Path, number: int) -> Path:
     return Path(out) / f"trial-{number:04d}"
 
 
+@dataclass(frozen=True)
+class TuneSpec:
+    """One `tune` command: the parsed `space` (its preset and fixed overrides), the study's size `trials`
+    (None: 30, or the grid's size for the grid sampler), `sampler` and `pruner` (names, see
+    experiments.study, or ready Optuna objects), the study's name (default: the preset) and `storage`,
+    `jobs` worker processes here, and `report` files written into `out` (default runs/tune-<study>)."""
+
+    space: Space
+    trials: int | None = None
+    sampler: str | optuna.samplers.BaseSampler = "tpe"
+    pruner: str | optuna.pruners.BasePruner = "asha"
+    study: str | None = None
+    storage: str | None = None
+    out: str | Path | None = None
+    jobs: int = 1
+    heartbeat: int = 60
+    data_dir: str | Path | None = None
+    quiet: bool = False
+    report: bool = True
+
+
 @quiet_optuna()
-def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | None = None,
-         sampler: str | optuna.samplers.BaseSampler = "tpe", pruner: str | optuna.pruners.BasePruner = "asha",
-         study: str | None = None, storage: str | None = None,
-         out: str | Path | None = None, jobs: int = 1, heartbeat: int = 60, data_dir: str | Path | None = None,
-         quiet: bool = False, report: bool = True, **overrides: Any) -> TuneResult:
+def tune(preset: str = "notebook", space: Sequence[str] = (), **kwargs: Any) -> TuneResult:
     """Run (or continue) the study until it holds `trials` finished trials; returns its trials.
 
-    `space`: `--space` specs (see experiments.space). `trials` defaults to 30, or the grid's size for the
-    grid sampler. `sampler` and `pruner` are names (see experiments.study) or ready Optuna objects.
-    `overrides` fix settings for every trial (val defaults to 10,000 images). `jobs` > 1 runs that many
-    worker processes, the CPU threads divided between them. `report` writes the study's report files into
-    `out` (default runs/tune-<study>) at the end.
+    `space`: `--space` specs (see experiments.space). Keywords naming a `TuneSpec` field (trials, sampler,
+    pruner, study, storage, out, jobs, heartbeat, data_dir, quiet, report) set it; the others fix settings
+    for every trial (val defaults to `DEFAULT_VAL`).
     """
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.setdefault("val", DEFAULT_VAL)
-    if overrides["val"] < 1:
-        raise ConfigError("tune chooses on a validation split: --val must be at least 1")
+    names = {f.name for f in dataclasses.fields(TuneSpec)} - {"space"}
+    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    overrides = held_out("tune", kwargs)
     tuned = [s.partition("=")[0].strip().replace("-", "_") for s in space]
     if clash := sorted(set(tuned) & set(overrides)):
         raise ConfigError(f"{clash[0]} is both fixed (--{clash[0].replace('_', '-')}) and tuned (--space)")
-    parsed = parse_space(space, preset, **overrides)
-    name = study or preset
-    out = Path(out) if out is not None else Path("runs") / f"tune-{name}"
+    return run_tune(TuneSpec(parse_space(space, preset, **overrides), **fields))
+
+
+@quiet_optuna()
+def run_tune(spec: TuneSpec) -> TuneResult:
+    """Run (or continue) `spec`'s study until it holds its trials finished."""
+    parsed, trials, sampler, pruner, jobs, heartbeat = (spec.space, spec.trials, spec.sampler, spec.pruner,
+                                                         spec.jobs, spec.heartbeat)
+    name = spec.study or parsed.preset
+    out = Path(spec.out) if spec.out is not None else Path("runs") / f"tune-{name}"
     notes = []
     if trials is None:
         trials = parsed.grid_size() if sampler == "grid" else 30
@@ -143,8 +163,8 @@ def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | N
         trials = parsed.grid_size()
     if trials < 1 or heartbeat < 1 or jobs < 1:
         raise ConfigError("--trials, --heartbeat and --jobs must be at least 1")
-    s = Settings(name, storage_url(storage, out), out, parsed, trials, sampler, pruner, heartbeat,
-                 data_dir, quiet)
+    s = Settings(name, storage_url(spec.storage, out), out, parsed, trials, sampler, pruner, heartbeat,
+                 spec.data_dir, spec.quiet)
     make_sampler(sampler, parsed)  # bad names fail here, before any worker starts
     make_pruner(pruner)
     handle = open_study(name, open_storage(s.url, heartbeat), s.identity)
@@ -158,7 +178,7 @@ def tune(preset: str = "notebook", space: Sequence[str] = (), *, trials: int | N
     if len(result.finished) < trials:
         raise MnistlabError(f"study {name}: {len(result.finished)} of {trials} trials finished; "
                             "run the same command again to continue")
-    if report and result.best is not None:
+    if spec.report and result.best is not None:
         from mnistlab.experiments.tune_report import write_report
 
         result.written = write_report(handle, s.url, out)
@@ -225,7 +245,8 @@ def _requeue(study: optuna.Study) -> None:
 
 
 def objective(trial: optuna.Trial, s: Settings, admission: Admission) -> float:
-    """Train one sampled configuration into `<out>/trial-NNNN`; its final validation accuracy.
+    """Train one sampled configuration into `<out>/trial-NNNN`; the validation accuracy of its saved model (the
+    best epoch's under early stopping, else the last epoch's).
 
     A retry of a failed trial (Optuna's `failed_trial` system attribute) continues from the failed trial's
     checkpoint when this machine has it. A pruned trial raises optuna.TrialPruned once the epoch the

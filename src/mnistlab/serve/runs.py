@@ -25,8 +25,7 @@ MAX_DEPTH = 8  # folders below the root searched for runs (a lab's sweep trials 
 MAX_JSON = 8 << 20  # bytes: a config.json, env.json or metrics.jsonl larger than this is not read
 LIVE_SECONDS = 120.0  # a run without a model whose files changed this recently is still training
 # A run's kind, from a file its parent folder holds, else from the parent folder's name.
-PARENT_MARKERS = {"sweep.json": "sweep", "compare.json": "compare", "ensemble.json": "ensemble",
-                  "tune.json": "tune", "study.json": "tune"}
+PARENT_MARKERS = {"sweep.json": "sweep", "compare.json": "compare", "ensemble.json": "ensemble"}
 PARENT_NAMES = {"exercise2": "sweep", "exercise3": "compare", "quirks": "lab"}
 
 

@@ -15,6 +15,7 @@ from mnistlab.files.checkpoints import model_metadata, save_checkpoint
 from mnistlab.files.runs import write_metrics
 from mnistlab.models import unwrap
 from mnistlab.presets import Config
+from mnistlab.stats import best_epoch
 from mnistlab.training.engine import Callback
 
 
@@ -32,7 +33,7 @@ class WeightAverage(Callback):
         self.has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=not self.has_bn)
 
-    def on_step(self) -> None:
+    def on_step(self, loss: torch.Tensor) -> None:
         self.average.update_parameters(self.model)
 
     def for_eval(self) -> nn.Module:
@@ -62,7 +63,7 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         if "val_acc" not in row:
             raise ValueError("early stopping needs a validation split (val_acc in the epoch's metrics)")
-        if row["val_acc"] > self.best_acc:
+        if best_epoch([self.best_acc, row["val_acc"]]) == 2:  # better than every earlier epoch
             self.best_acc, self.best_epoch = row["val_acc"], int(row["epoch"])
             self.best_state = {k: v.detach().to("cpu", copy=True)
                                for k, v in unwrap(self.evaluated).state_dict().items()}

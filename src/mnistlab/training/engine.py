@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import torch
 import torch.distributed as dist
@@ -59,16 +59,23 @@ class StepOptions:
 class Callback:
     """What fit() calls around the loop; subclasses override the hooks they need (the rest do nothing).
 
-    A callback that sets `stop_training` in on_epoch_end ends the run after that epoch.
+    Per-step needs of a trainer go here, not into a copy of the step: `on_step` gets the step's loss (reading
+    it is a host sync, so only a callback that needs it should), a per-step learning-rate schedule is fit's
+    `scheduler` with `schedule_per_step`, and an exception raised in a hook ends the run where it is (the
+    range test's divergence). A callback that sets `stop_training` in on_epoch_end ends the run after that
+    epoch.
     """
 
     stop_training: bool = False
 
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, train: DeviceLoader) -> None:
+        """Before the first epoch of this fit: what is trained (`model` as the loop calls it), how, on what."""
+
     def on_epoch_start(self, epoch: int, steps: int) -> None:
         pass
 
-    def on_step(self) -> None:
-        pass
+    def on_step(self, loss: torch.Tensor) -> None:
+        """After every optimizer step; `loss` is the step's mean loss, on the device."""
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         pass
@@ -96,31 +103,56 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def probabilities(out: torch.Tensor) -> torch.Tensor:
+    """Class probabilities from a model's fp32 outputs: the softmax of logits; outputs that already are
+    probabilities (the notebook's own forward(), an ensemble) pass through."""
+    if out.numel() and out.min() >= 0 and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device),
+                                                         atol=1e-4):
+        return out
+    return out.softmax(1)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, double_softmax: bool = False) -> dict[str, float]:
-    """Loss and accuracy (percent) of `model` in fp32 over every sample of `loader`, summed across ranks
-    under DDP: whatever precision trained it, this is the number its saved weights give."""
+def evaluate(model: nn.Module, loader: DeviceLoader, double_softmax: bool = False,
+             predictions: bool = False) -> dict[str, Any]:
+    """The one evaluation: `model` in eval mode and fp32 over every sample of `loader`, summed across ranks
+    under DDP: "loss", "acc" (percent) and "n". Whatever precision trained it, this is the number its saved
+    weights give. With `predictions` (a non-shuffled, single-rank loader, counted on this rank alone: no
+    collective) also "probs": the (N, classes) float32 class probabilities (`probabilities`) on the CPU, in
+    the loader's order."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, device=loader.device, dtype=torch.float64)  # loss, correct, count
+    probs = []
     for x, y in loader.epoch(0):
         logits = model(x).float()
         sums[0] += loss_fn(logits, y, double_softmax=double_softmax)
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)
-    loss, correct, n = _all_reduce(sums).tolist()
+        if predictions:
+            probs.append(probabilities(logits).cpu())
+    # Predicting, one rank scores a whole split (TensorBoard's summary runs on the main rank only).
+    loss, correct, n = (sums if predictions else _all_reduce(sums)).tolist()
     model.train(was_training)
-    return {"loss": loss / max(n, 1), "acc": 100.0 * correct / max(n, 1), "n": int(n)}
+    out: dict[str, Any] = {"loss": loss / max(n, 1), "acc": 100.0 * correct / max(n, 1), "n": int(n)}
+    if predictions:
+        out["probs"] = torch.cat(probs) if probs else torch.zeros(0, 10)
+    return out
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, loader: DeviceLoader) -> torch.Tensor:
-    """Float32 logits for every sample of a (non-shuffled, single-rank) loader, in order, on the CPU."""
-    was_training = model.training
-    model.eval()
-    out = [model(x).float() for x, _ in loader.epoch(0)]
-    model.train(was_training)
-    return torch.cat(out).cpu()
+# What a model gets wrong, from its predictions on a split (`evaluate(..., predictions=True)`):
+# `evaluate_model` (a saved model) and the TensorBoard summaries (the model just trained) share them.
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, classes: int = 10) -> torch.Tensor:
+    """(classes, classes) int64 counts: row = true class, column = predicted class."""
+    return torch.bincount(labels * classes + preds, minlength=classes * classes).reshape(classes, classes)
+
+
+def confident_mistakes(labels: torch.Tensor, preds: torch.Tensor, confidence: torch.Tensor,
+                       k: int | None = None) -> torch.Tensor:
+    """Indices of the wrong predictions, most confident first (the first `k` of them when given)."""
+    wrong = (preds != labels).nonzero().flatten()
+    order = wrong[confidence[wrong].argsort(descending=True, stable=True)]
+    return order if k is None else order[:k]
 
 
 def fit(
@@ -147,6 +179,8 @@ def fit(
     history = list(history or [])
     with cpu_training_mode(train.device):
         model.train()
+        for cb in callbacks:
+            cb.on_train_start(model, optimizer, train)
         for epoch in range(start_epoch + 1, epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             trained = train_epoch(model, optimizer, train, epoch, scheduler if schedule_per_step else None,
@@ -212,7 +246,7 @@ def train_epoch(
             correct.add_((logits.argmax(1) == y).sum())
         n += len(y)
         for cb in callbacks:
-            cb.on_step()
+            cb.on_step(loss)
     sums = torch.stack([loss_sum, correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64)])
     loss_sum, correct, n = _all_reduce(sums).tolist()  # the epoch's one host sync
     seconds = time.perf_counter() - t0

@@ -4,7 +4,7 @@ redraws in place in a cell's output, with or without widgets), plain lines other
 from __future__ import annotations
 
 import sys
-from typing import Any, TextIO
+from typing import Any
 
 from mnistlab.training.engine import Callback
 
@@ -28,21 +28,19 @@ def in_jupyter() -> bool:
 class Progress(Callback):
     """Engine callback: a bar per epoch on a terminal or in a notebook, one line per epoch always."""
 
-    def __init__(self, epochs: int, stream: TextIO | None = None, quiet: bool = False) -> None:
+    def __init__(self, epochs: int) -> None:
         self.epochs = epochs
-        self.stream = stream or sys.stdout
-        self.quiet = quiet
         self._bar = None
         self._task = None
         self._tqdm = None
-        if not quiet and not self.stream.isatty() and in_jupyter():
+        if not sys.stdout.isatty() and in_jupyter():
             try:
                 from tqdm import tqdm
             except ImportError:
                 pass
             else:
                 self._tqdm = tqdm
-        elif not quiet and self.stream.isatty():
+        elif sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as RichProgress
 
@@ -58,7 +56,7 @@ class Progress(Callback):
             self._bar.start()
             self._task = self._bar.add_task("train", total=steps, epoch=epoch, epochs=self.epochs)
 
-    def on_step(self) -> None:
+    def on_step(self, loss) -> None:
         if self._tqdm is not None:
             self._bar.update()
         elif self._bar is not None:
@@ -70,5 +68,4 @@ class Progress(Callback):
         elif self._bar is not None:
             self._bar.remove_task(self._task)
             self._bar.stop()
-        if not self.quiet:
-            print(format_epoch(row, self.epochs), file=self.stream, flush=True)
+        print(format_epoch(row, self.epochs), flush=True)

@@ -76,7 +76,8 @@ class Data:
 
 def load_data(cfg: Config, device: torch.device, data_dir: str | Path | None = None,
               env: distributed.DistEnv | None = None) -> Data:
-    """The Config's train/val/test splits as on-device loaders (val = last `cfg.val` training images)."""
+    """The Config's train/val/test splits as on-device loaders (val = last `cfg.val` training images; test =
+    the first `cfg.test_subset` test images, all of them by default)."""
     env = env or distributed.DistEnv()
     images, labels = load_split(cfg.dataset, "train", data_dir)
     if cfg.subset is not None:
@@ -92,6 +93,8 @@ def load_data(cfg: Config, device: torch.device, data_dir: str | Path | None = N
     if cfg.val:
         evals["val"] = DeviceLoader(images[n_train:], labels[n_train:], cfg.test_batch_size, **common)
     test_images, test_labels = load_split(cfg.dataset, "test", data_dir)
+    if cfg.test_subset is not None:
+        test_images, test_labels = test_images[: cfg.test_subset], test_labels[: cfg.test_subset]
     evals["test"] = DeviceLoader(test_images, test_labels, cfg.test_batch_size, **common)
     return Data(train, evals)
 
@@ -142,35 +145,35 @@ def train(
     else:
         cfg = config if config is not None else resolve(preset, **overrides)
     env = distributed.setup(cfg.device)  # the group is left at exit: a later train() reuses it
-    rank = set_up(cfg, env, resume, data_dir, init_state)
-    net = wrap(rank, cfg, env)
+    prep = prepare(cfg, env, resume, data_dir, init_state)
+    net = wrap(prep, cfg, env)
     run_dir = None
     if write_run and env.is_main:  # one writer
         run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
-    cbs = run_callbacks(rank, cfg, env, run_dir, quiet, callbacks)
-    stopped = rank.stopper is not None and rank.stopper.stopped_epoch is not None
+    cbs = run_callbacks(prep, cfg, env, run_dir, quiet, callbacks)
+    stopped = prep.stopper is not None and prep.stopper.stopped_epoch is not None
     if resume is not None and env.is_main and not quiet:
         if stopped:
-            print(f"{resume}: stopped early after epoch {rank.stopper.stopped_epoch}; nothing to do", flush=True)
+            print(f"{resume}: stopped early after epoch {prep.stopper.stopped_epoch}; nothing to do", flush=True)
         else:
-            done = "; nothing to do" if rank.start_epoch >= cfg.epochs else ""
-            print(f"resuming {resume} after epoch {rank.start_epoch}/{cfg.epochs}{done}", flush=True)
+            done = "; nothing to do" if prep.start_epoch >= cfg.epochs else ""
+            print(f"resuming {resume} after epoch {prep.start_epoch}/{cfg.epochs}{done}", flush=True)
     history = fit(
-        net, rank.optimizer, rank.data.train, rank.data.evals,
-        epochs=rank.start_epoch if stopped else cfg.epochs, start_epoch=rank.start_epoch,
-        scheduler=rank.scheduler, schedule_per_step=rank.schedule_per_step, step=step_options(cfg, rank.amp), callbacks=cbs,
-        history=rank.history, eval_model=rank.averager.for_eval if rank.averager else None,
+        net, prep.optimizer, prep.data.train, prep.data.evals,
+        epochs=prep.start_epoch if stopped else cfg.epochs, start_epoch=prep.start_epoch,
+        scheduler=prep.scheduler, schedule_per_step=prep.schedule_per_step, step=step_options(cfg, prep.amp), callbacks=cbs,
+        history=prep.history, eval_model=prep.averager.for_eval if prep.averager else None,
     )
-    final = rank.model if rank.averager is None else rank.averager.average.module  # what was evaluated
+    final = prep.model if prep.averager is None else prep.averager.average.module  # what was evaluated
     result = TrainResult(run_dir, cfg, history, final)
-    if rank.stopper is not None and rank.stopper.best_state is not None:
-        result.best_epoch, result.stopped_epoch = rank.stopper.restore(), rank.stopper.stopped_epoch
+    if prep.stopper is not None and prep.stopper.best_state is not None:
+        result.best_epoch, result.stopped_epoch = prep.stopper.restore(), prep.stopper.stopped_epoch
         if env.is_main and not quiet:
             print(early_stop_line(result), flush=True)
     if run_dir is not None:
         save_safetensors(final, run_dir / "model.safetensors", model_metadata(cfg, model_facts(result)))
     for board in (cb for cb in cbs if isinstance(cb, tensorboard.TensorBoardLogger)):
-        board.summarise(final, history, rank.data.evals["test"])
+        board.summarise(final, history, prep.data.evals["test"])
     distributed.barrier(env)
     final.eval()
     return result
@@ -198,8 +201,8 @@ def early_stop_line(r: TrainResult) -> str:
 
 # ---------------------------------------------------------------- the phases of a run
 @dataclass
-class RankState:
-    """Everything one rank prepared before training: where, on what, and from which epoch."""
+class Prepared:
+    """What `prepare` made ready on this rank before training: where, on what, and from which epoch."""
 
     device: torch.device
     data: Data
@@ -214,11 +217,11 @@ class RankState:
     stopper: EarlyStopping | None = None
 
 
-def set_up(cfg: Config, env: distributed.DistEnv, resume: str | Path | None, data_dir: str | Path | None,
-           init_state: dict[str, torch.Tensor] | None) -> RankState:
+def prepare(cfg: Config, env: distributed.DistEnv, resume: str | Path | None, data_dir: str | Path | None,
+            init_state: dict[str, torch.Tensor] | None) -> Prepared:
     """Phase 1, on this rank: device, data, model, optimizer and schedule, restored from the checkpoint when
     resuming. A failure on any rank stops every rank (`distributed.agree`), before the first collective."""
-    rank, error = None, None
+    prep, error = None, None
     try:
         device = distributed.rank_device(env, pick_device(cfg.device))
         if cfg.cuda_graphs and device.type != "cuda":
@@ -235,43 +238,43 @@ def set_up(cfg: Config, env: distributed.DistEnv, resume: str | Path | None, dat
             model.load_state_dict(init_state)
         optimizer = make_optimizer(cfg, model.parameters(), device)
         scheduler, per_step = make_scheduler(cfg, optimizer, len(data.train))
-        rank = RankState(device, data, model, optimizer, scheduler, per_step, amp_dtype(cfg.amp, device))
-        rank.averager = WeightAverage(model, cfg.ema, data.train) if cfg.ema else None
+        prep = Prepared(device, data, model, optimizer, scheduler, per_step, amp_dtype(cfg.amp, device))
+        prep.averager = WeightAverage(model, cfg.ema, data.train) if cfg.ema else None
         if cfg.early_stop:  # watches (and keeps the best of) the weights that are evaluated
-            evaluated = model if rank.averager is None else rank.averager.average.module
-            rank.stopper = EarlyStopping(cfg.early_stop, evaluated)
+            evaluated = model if prep.averager is None else prep.averager.average.module
+            prep.stopper = EarlyStopping(cfg.early_stop, evaluated)
         if ckpt is not None:
-            restore(rank, ckpt, reseed=not env.active)  # DDP ranks reseed every epoch (distributed.RankSeed)
+            restore(prep, ckpt, reseed=not env.active)  # DDP ranks reseed every epoch (distributed.RankSeed)
     except Exception as e:  # noqa: BLE001 - re-raised by agree, after telling the other ranks
         error = e
     distributed.agree(env, error)
-    assert rank is not None
-    last = rank.history[-1].get("seconds", 0.0) if rank.history else -1.0
-    if resume is not None and not distributed.same_everywhere(env, [rank.start_epoch, last]):
+    assert prep is not None
+    last = prep.history[-1].get("seconds", 0.0) if prep.history else -1.0
+    if resume is not None and not distributed.same_everywhere(env, [prep.start_epoch, last]):
         raise ConfigError(f"--resume {resume}: the ranks loaded different checkpoints; every node must read "
                           "the same run directory (shared storage)")
-    return rank
+    return prep
 
 
-def restore(rank: RankState, ckpt: dict[str, Any], reseed: bool) -> None:
+def restore(prep: Prepared, ckpt: dict[str, Any], reseed: bool) -> None:
     """Continue from a checkpoint: weights, optimizer, schedule, RNG, history and the weight average."""
-    rank.model.load_state_dict(ckpt["model"])
-    rank.optimizer.load_state_dict(ckpt["optimizer"])
-    if rank.scheduler is not None and ckpt.get("scheduler") is not None:
-        rank.scheduler.load_state_dict(ckpt["scheduler"])
+    prep.model.load_state_dict(ckpt["model"])
+    prep.optimizer.load_state_dict(ckpt["optimizer"])
+    if prep.scheduler is not None and ckpt.get("scheduler") is not None:
+        prep.scheduler.load_state_dict(ckpt["scheduler"])
     if reseed:
         set_rng_state(ckpt["rng"])
-    rank.history, rank.start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
-    if rank.averager is not None and ckpt.get("ema") is not None:
-        rank.averager.average.load_state_dict(ckpt["ema"])
-    if rank.stopper is not None and ckpt.get("early_stop") is not None:
-        rank.stopper.load_state_dict(ckpt["early_stop"])
+    prep.history, prep.start_epoch = list(ckpt["history"]), int(ckpt["epoch"])
+    if prep.averager is not None and ckpt.get("ema") is not None:
+        prep.averager.average.load_state_dict(ckpt["ema"])
+    if prep.stopper is not None and ckpt.get("early_stop") is not None:
+        prep.stopper.load_state_dict(ckpt["early_stop"])
 
 
-def wrap(rank: RankState, cfg: Config, env: distributed.DistEnv) -> nn.Module:
+def wrap(prep: Prepared, cfg: Config, env: distributed.DistEnv) -> nn.Module:
     """Phase 2: what the loop trains: SyncBatchNorm under nccl, torch.compile, DDP. The wrappers share the
-    model's parameters, so `rank.model` itself is what gets saved."""
-    net, device = rank.model, rank.device
+    model's parameters, so `prep.model` itself is what gets saved."""
+    net, device = prep.model, prep.device
     if env.backend == "nccl":  # batch statistics over the global batch (SyncBatchNorm is CUDA-only)
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     if cfg.compile or cfg.cuda_graphs:
@@ -282,33 +285,33 @@ def wrap(rank: RankState, cfg: Config, env: distributed.DistEnv) -> nn.Module:
     return net
 
 
-def run_callbacks(rank: RankState, cfg: Config, env: distributed.DistEnv, run_dir: Path | None, quiet: bool,
+def run_callbacks(prep: Prepared, cfg: Config, env: distributed.DistEnv, run_dir: Path | None, quiet: bool,
                   extra: Sequence[Callback] = ()) -> list[Callback]:
     """Phase 3: the engine callbacks, in the order they run: progress, per-rank seeding, weight averaging,
     the caller's, early stopping, and last the run directory's writer (`run_dir`: only the main rank writes)."""
     cbs: list[Callback] = []
     if env.is_main and not quiet:
-        print(describe_precision(cfg.amp, rank.amp, rank.device), flush=True)
+        print(describe_precision(cfg.amp, prep.amp, prep.device), flush=True)
         cbs.append(Progress(cfg.epochs))
     if env.active:
         cbs.append(distributed.RankSeed(cfg.seed, env.rank))
-    if rank.averager is not None:
-        cbs.append(rank.averager)
+    if prep.averager is not None:
+        cbs.append(prep.averager)
     cbs.extend(extra)
-    if rank.stopper is not None:
-        cbs.append(rank.stopper)
+    if prep.stopper is not None:
+        cbs.append(prep.stopper)
     if run_dir is not None:
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
-        precision = amp_name(rank.amp)  # what "auto" chose; None: fp32
-        record_environment(run_dir / "env.json", environment(rank.device, env.world_size, env.backend, precision,
-                                                             cpu_supports_bf16()), rank.start_epoch)
-        board = tensorboard.open_logger(run_dir, cfg, precision or "fp32", rank.history)
+        precision = amp_name(prep.amp)  # what "auto" chose; None: fp32
+        record_environment(run_dir / "env.json", environment(prep.device, env.world_size, env.backend, precision,
+                                                             cpu_supports_bf16()), prep.start_epoch)
+        board = tensorboard.open_logger(run_dir, cfg, precision or "fp32", prep.history)
         if board is not None:  # before RunWriter: an epoch's events are on disk before its checkpoint
             cbs.append(board)
-        writer = RunWriter(run_dir, cfg, rank.model, rank.optimizer, rank.scheduler,
-                           rank.averager.average if rank.averager else None, rank.stopper)
-        writer.history = list(rank.history)
+        writer = RunWriter(run_dir, cfg, prep.model, prep.optimizer, prep.scheduler,
+                           prep.averager.average if prep.averager else None, prep.stopper)
+        writer.history = list(prep.history)
         cbs.append(writer)
     return cbs
 

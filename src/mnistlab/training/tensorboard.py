@@ -27,8 +27,7 @@ from mnistlab.data import get_spec
 from mnistlab.data.loader import DeviceLoader
 from mnistlab.plots import confusion_figure, figure_rgb, grid_figure, mistakes_figure
 from mnistlab.presets import Config
-from mnistlab.training.engine import Callback, EpochMetrics, predict_logits
-from mnistlab.training.scoring import confident_mistakes, confusion_matrix
+from mnistlab.training.engine import Callback, EpochMetrics, confident_mistakes, confusion_matrix, evaluate
 
 MISSING = "tensorboard is not installed: no event files (pip install 'mnistlab[tensorboard]')"
 # metrics.csv column -> TensorBoard tag; the tags sharing a prefix are drawn side by side under Scalars
@@ -124,7 +123,7 @@ class TensorBoardLogger(Callback):
 
     def _images(self, model: nn.Module, test: DeviceLoader, step: int) -> None:
         whole = test.unsharded()
-        probs = predict_logits(model, whole).softmax(1)
+        probs = evaluate(model, whole, predictions=True)["probs"]
         confidence, preds = probs.max(1)
         labels, images = whole.labels.cpu(), whole.images.cpu()
         names = get_spec(self.cfg.dataset).classes

@@ -3,7 +3,7 @@
 An ensemble is one more model: `ensemble_model(members)` is a LoadedModel that predict, evaluate and serve
 use like any other. `train_ensemble("best", 3)` trains the members one after another (each a normal run
 directory, `<out>/member-<seed>`) and writes `<out>/ensemble.json`; `evaluate_runs(run_dirs)` scores saved
-members (`mnistlab evaluate --model RUN_A --model RUN_B ...`).
+members, and `evaluate_ensemble(loaded)` is what `mnistlab evaluate --model RUN_A --model RUN_B ...` prints.
 """
 
 from __future__ import annotations
@@ -58,15 +58,25 @@ def ensemble_model(members: Sequence[LoadedModel]) -> LoadedModel:
     return LoadedModel.of(EnsembleNet([m.model for m in members]), meta, first.path, "ensemble")
 
 
+def evaluate_ensemble(members: Sequence[LoadedModel], split: str = "test", data_dir: str | Path | None = None,
+                      out: str | Path | None = None, worst: int = 24) -> dict[str, Any]:
+    """The ensemble of `members` evaluated like any model (`evaluate_model`, figures in `out`), with each
+    member's accuracy on the split in "member_accuracies" (what `mnistlab evaluate --model A --model B` prints)."""
+    result = evaluate_model(ensemble_model(members), split, data_dir, out, worst)
+    result["member_accuracies"] = [evaluate_model(m, split, data_dir)["accuracy"] for m in members]
+    return result
+
+
 def score(members: Sequence[LoadedModel], data_dir: str | Path | None = None,
           split: str = "test") -> dict[str, Any]:
-    """Each member's accuracy on `split` and the ensemble's, all from `evaluate_model`."""
-    member = [evaluate_model(m, split, data_dir)["accuracy"] for m in members]
+    """Each member's accuracy on `split` and the ensemble's (`evaluate_ensemble`)."""
+    result = evaluate_ensemble(members, split, data_dir)
+    member = result["member_accuracies"]
     return {
         "members": len(member),
         "member_test_accs": member,
         "mean_member_test_acc": sum(member) / len(member),
-        "ensemble_test_acc": evaluate_model(ensemble_model(members), split, data_dir)["accuracy"],
+        "ensemble_test_acc": result["accuracy"],
     }
 
 

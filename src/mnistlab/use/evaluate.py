@@ -13,10 +13,11 @@ from typing import Any
 import torch
 
 from mnistlab.data import get_spec, load_split
+from mnistlab.data.loader import DeviceLoader
 from mnistlab.files.runs import write_json
 from mnistlab.plots import confusion_plot, mistakes_plot
-from mnistlab.training.scoring import confident_mistakes, confusion_matrix
-from mnistlab.use.predict import LoadedModel
+from mnistlab.training.engine import confident_mistakes, confusion_matrix, evaluate
+from mnistlab.use.predict import BATCH, LoadedModel
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,11 @@ class SplitPredictions:
 
 
 def predict_split(loaded: LoadedModel, split: str = "test", data_dir: str | Path | None = None) -> SplitPredictions:
+    """`loaded`'s predictions on every image of `split`, from the engine's one evaluation (`engine.evaluate`,
+    fp32, eval mode) over the split's uint8 pixels, scaled exactly as training evaluated them."""
     images, labels = load_split(loaded.dataset, split, data_dir)
-    conf, preds = loaded.probabilities(images).max(1)  # uint8: the pixels exactly as training evaluated them
+    split_loader = DeviceLoader(images, labels, BATCH, normalise=loaded.normalise)
+    conf, preds = evaluate(loaded.model, split_loader, predictions=True)["probs"].max(1)
     return SplitPredictions(split, images, labels, preds, conf)
 
 

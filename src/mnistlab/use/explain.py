@@ -218,7 +218,7 @@ def explain_inputs(loaded: LoadedModel, indices: Sequence[int] = (), images: Seq
     """Test-set samples by index, the user's images (preprocessed as `predict` does) and the `mistakes` most
     confident test-set mistakes, as Inputs."""
     from mnistlab.data.preprocess import BLANK_CONTRAST
-    from mnistlab.training.scoring import confident_mistakes
+    from mnistlab.training.engine import confident_mistakes
     from mnistlab.use.evaluate import predict_split
     from mnistlab.use.predict import dataset_samples, load_images
 

@@ -22,6 +22,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.files.checkpoints import read_model
 from mnistlab.files.runs import latest_run
 from mnistlab.models import count_params
+from mnistlab.training.engine import probabilities
 
 BATCH = 1000  # images per forward pass
 
@@ -66,15 +67,8 @@ class LoadedModel:
         else:
             images = torch.as_tensor(images, dtype=torch.float32).reshape(-1, 28, 28)
             batches = (prepare_batch(list(chunk), self.normalise) for chunk in images.split(BATCH))
-        out = [_softmax(self.model(x).float()) for x in batches]
+        out = [probabilities(self.model(x).float()) for x in batches]
         return torch.cat(out) if out else torch.zeros(0, 10)
-
-
-def _softmax(out: torch.Tensor) -> torch.Tensor:
-    """Softmax of logits; outputs that already are probabilities (the notebook's own forward()) pass through."""
-    if out.numel() and out.min() >= 0 and torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-4):
-        return out
-    return out.softmax(1)
 
 
 def model_file(path: str | Path | None = None) -> Path:

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from mnistlab.exercises.analysis import analyse, analyse_run, write_analysis
-from mnistlab.exercises.anatomy import inspect
 from mnistlab.exercises.insight import insight_figures
+from mnistlab.exercises.inspect import inspect
 from mnistlab.experiments.compare import CompareResult, compare, save_state, states_equal
 from mnistlab.experiments.sweep import SweepResult, sweep
 from mnistlab.files.checkpoints import model_metadata
@@ -194,7 +194,7 @@ def _exercise4(r: LabResult, data_dir, quiet: bool) -> None:
 
 
 def _quirks(r: LabResult, data_dir, quiet: bool) -> None:
-    from mnistlab.data import load_split
+    from mnistlab.use.evaluate import predict_split
     from mnistlab.use.predict import load_model
 
     q = r.run_dir / "quirks"
@@ -205,8 +205,8 @@ def _quirks(r: LabResult, data_dir, quiet: bool) -> None:
     rows = [{"epoch": a["epoch"], "normal_train_loss": a["train_loss"], "double_train_loss": b["train_loss"],
              "normal_test_acc": a["test_acc"], "double_test_acc": b["test_acc"]}
             for a, b in zip(r.step1.history, ds.history, strict=False)]
-    images, labels = load_split("mnist", "test", data_dir)
-    preds = load_model(r.run_dir / "exercise1" / "model.safetensors").probabilities(images).argmax(1)
+    test = predict_split(load_model(r.run_dir / "exercise1" / "model.safetensors"), "test", data_dir)
+    preds, labels = test.preds, test.labels
     correct = (preds == labels).split(NOTEBOOK_BATCH)
     per_batch = [100.0 * float(c.sum()) / NOTEBOOK_BATCH for c in correct]  # "assumes every batch is full"
     notebook_acc = sum(per_batch) / (len(per_batch) - 1)  # divided by the index of the last batch

@@ -7,10 +7,11 @@ turn by this process (so load drift on a shared machine hits both alike):
   torchvision's MNIST + ToTensor do (uint8 array -> PIL image mode "L" -> float tensor in [0, 1]), a
   DataLoader (batch 32, shuffle, 2 workers), the notebook's model (softmax in forward, then
   CrossEntropyLoss), Adam lr 1e-3 with its default implementation, and the notebook's plain loop. It is a
-  benchmark contender only: mnistlab itself trains through `engine.fit`.
-- **mnistlab**: the `notebook` preset through `engine.fit`.
+  benchmark contender only: mnistlab itself trains through `train()` and `engine.fit`.
+- **mnistlab**: the `notebook` preset through `train()`, the path `mnistlab train` takes (an engine callback
+  hands each epoch's start to the parent).
 
-After each of its epochs, the mnistlab contender's process measures the floor of its step (`training.floor`:
+After each of its epochs, the mnistlab contender's process measures the floor of its step (`bench.floor`:
 the isolated time of each kernel one step needs, at the step's shapes and precision); the step's ratio to it
 is taken epoch by epoch, each epoch against the floor measured right after it, so the host's drift over a run
 moves both alike.
@@ -35,17 +36,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mnistlab.bench.floor import step_floor
 from mnistlab.data import load_split
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.files.checkpoints import model_metadata, save_safetensors
 from mnistlab.files.runs import atomic_write, cpu_model, write_json
-from mnistlab.models import NotebookNet
-from mnistlab.presets import resolve
+from mnistlab.models import NotebookNet, unwrap
+from mnistlab.presets import Config, resolve
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, pick_device
-from mnistlab.training.engine import StepOptions, evaluate, fit
-from mnistlab.training.floor import step_floor
+from mnistlab.training.engine import Callback
 from mnistlab.training.optim import make_optimizer
-from mnistlab.training.run import build, load_data, train
+from mnistlab.training.run import train
 
 CONTENDERS = ("reference", "mnistlab")
 WARMUP_IMAGES = 4096  # the `fast` child's untimed first training (16 steps of 256)
@@ -131,37 +132,49 @@ class _Reference:
 
 
 # ---------------------------------------------------------------- the mnistlab contender
-class _Mnistlab:
-    """The `notebook` preset through engine.fit, one epoch per call."""
+class _Driven(Callback):
+    """The `notebook` preset through `train()`, the path `mnistlab train` takes, driven by the parent: before
+    each epoch it waits for the parent's "epoch" request, answering "floor" requests meanwhile (the floor of
+    the step is measured between epochs, on copies: the model is not changed); after each epoch it sends the
+    epoch's training seconds."""
 
-    def __init__(self, opts: BenchOptions, device: torch.device) -> None:
-        self.cfg = resolve("notebook", subset=opts.subset, device=opts.device, epochs=opts.epochs)
-        self.data = load_data(self.cfg, device, opts.data_dir)
-        if opts.test_subset:
-            t = self.data.evals["test"]
-            t.images, t.labels = t.images[: opts.test_subset], t.labels[: opts.test_subset]
-        self.n = self.data.train.num_samples
-        self.model = build(self.cfg, device)
-        self.optimizer = make_optimizer(self.cfg, self.model.parameters(), device)
-        self.amp = amp_dtype(self.cfg.amp, device)
-        self.device, self.floor_reps = device, opts.floor_reps
-        self.history: list[dict[str, Any]] = []
+    def __init__(self, cfg: Config, conn, floor_reps: int) -> None:
+        self.cfg, self.conn, self.floor_reps = cfg, conn, floor_reps
+        self.device = pick_device(cfg.device)
+        self.amp = amp_dtype(cfg.amp, self.device)  # what train() chooses for this Config here
 
-    def epoch(self) -> float:
-        self.history = fit(self.model, self.optimizer, self.data.train, {}, epochs=len(self.history) + 1,
-                           start_epoch=len(self.history), step=StepOptions(amp=self.amp), history=self.history)
-        return self.history[-1]["seconds"]
+    def on_train_start(self, model, optimizer, train) -> None:
+        self.model, self.train = unwrap(model), train
+        self.conn.send(("ready", train.num_samples))
 
-    def test_acc(self) -> float:
-        return evaluate(self.model, self.data.evals["test"])["acc"]  # fp32, like every model figure
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        self.serve(until="epoch")
+
+    def on_epoch_end(self, metrics) -> None:
+        self.conn.send(("epoch", metrics["seconds"]))
+
+    def serve(self, until: str) -> None:
+        """Answer "floor" requests until the parent asks for `until`."""
+        while (request := self.conn.recv()) != until:
+            self.conn.send((request, self.floor()))
 
     def floor(self) -> dict[str, Any]:
-        """The floor of this contender's step (on copies: the model is not changed) and its steps per epoch."""
-        x, _ = self.data.train.batch(self.data.train.shard(1)[0][0])  # one full batch of the step's size
+        """The floor of this contender's step and its steps per epoch."""
+        x, _ = self.train.batch(self.train.shard(1)[0][0])  # one full batch of the step's size
         out = step_floor(self.model, lambda params: make_optimizer(self.cfg, params, self.device), x, self.amp,
                          reps=self.floor_reps)
         return out | {"amp": str(self.amp or torch.float32).removeprefix("torch."), "batch_size": len(x),
-                      "steps_per_epoch": len(self.data.train), "threads": torch.get_num_threads()}
+                      "steps_per_epoch": len(self.train), "threads": torch.get_num_threads()}
+
+
+def _mnistlab(opts: BenchOptions, conn) -> dict[str, Any]:
+    """The mnistlab contender's process: train() driven epoch by epoch; its fp32 test accuracy."""
+    cfg = resolve("notebook", subset=opts.subset, test_subset=opts.test_subset, device=opts.device,
+                  epochs=opts.epochs)
+    driven = _Driven(cfg, conn, opts.floor_reps)
+    result = train(config=cfg, data_dir=opts.data_dir, quiet=True, write_run=False, callbacks=[driven])
+    driven.serve(until="finish")  # the floor after the last epoch
+    return {"test_acc": result.test_acc}  # evaluated in fp32 after the last epoch, like every model figure
 
 
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
@@ -172,13 +185,15 @@ def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
 def _contender(name: str, opts: BenchOptions, conn) -> None:
     """Child process: set up `name`, then answer "epoch" / "finish" requests over `conn`."""
     try:
-        device = pick_device(opts.device)
-        c = _Reference(opts, device) if name == "reference" else _Mnistlab(opts, device)
-        conn.send(("ready", c.n))
-        while (request := conn.recv()) != "finish":
-            conn.send((request, c.epoch() if request == "epoch" else c.floor()))
-        acc = c.test_acc()
-        stats = {"test_acc": acc, "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if name == "mnistlab":
+            stats = _mnistlab(opts, conn)
+        else:
+            c = _Reference(opts, pick_device(opts.device))
+            conn.send(("ready", c.n))
+            while (request := conn.recv()) != "finish":
+                conn.send((request, c.epoch()))
+            stats = {"test_acc": c.test_acc()}
+        stats["peak_rss_mb"] = round(peak_rss_mb(), 1)
         if name == "reference":
             stats["worker_peak_rss_mb"] = round(peak_rss_mb(resource.RUSAGE_CHILDREN), 1)
         conn.send(("done", stats))
@@ -189,17 +204,17 @@ def _contender(name: str, opts: BenchOptions, conn) -> None:
 def _fast_seeds(opts: BenchOptions, conn) -> None:
     """Child process: train the `fast` preset once per seed; report accuracies and training seconds."""
     try:
-        def run(seed: int, subset: int | None):
-            return train("fast", seed=seed, subset=subset, device=opts.device, data_dir=opts.data_dir, quiet=True,
-                         write_run=False)
+        def train_seed(seed: int, subset: int | None):
+            return train("fast", seed=seed, subset=subset, test_subset=opts.test_subset, device=opts.device,
+                         data_dir=opts.data_dir, quiet=True, write_run=False)
 
         # One untimed warm-up on WARMUP_IMAGES: kernel selection (oneDNN primitives, cuDNN), the allocator's
         # first growth and CUDA context start-up are per-process costs, not per-training ones.
         warm_images = min(opts.fast_subset or WARMUP_IMAGES, WARMUP_IMAGES)
-        warm = run(opts.seeds[0], warm_images)
+        warm = train_seed(opts.seeds[0], warm_images)
         out = []
         for seed in opts.seeds:
-            r = run(seed, opts.fast_subset)
+            r = train_seed(seed, opts.fast_subset)
             out.append((r.test_acc, sum(h["seconds"] for h in r.history)))
             if opts.model_out and seed == opts.seeds[0]:
                 save_safetensors(r.model, opts.model_out, model_metadata(r.config, {"test_acc": r.test_acc}))
@@ -230,7 +245,7 @@ def _spawn(target, *args):
     return proc, parent
 
 
-def compare(opts: BenchOptions, log=print) -> dict[str, Any]:
+def race_contenders(opts: BenchOptions, log=print) -> dict[str, Any]:
     """reference vs mnistlab, epochs interleaved; per contender seconds_per_epoch, images_per_s, ..."""
     procs = {name: _spawn(_contender, name, opts) for name in CONTENDERS}
     try:
@@ -276,7 +291,7 @@ def floor_summary(floors: list[dict[str, Any]], epoch_seconds: list[float]) -> d
                         "ratio": statistics.median(e["ratio"] for e in per_epoch), "epochs": per_epoch}
 
 
-def fast(opts: BenchOptions) -> dict[str, Any]:
+def time_fast_preset(opts: BenchOptions) -> dict[str, Any]:
     """The `fast` preset over `opts.seeds`: test accuracies, training seconds, mean, min, share >= 99%."""
     proc, conn = _spawn(_fast_seeds, opts)
     try:
@@ -309,7 +324,7 @@ def machine(device: str = "auto") -> dict[str, Any]:
             "amp_dtype": precision, "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
-def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=print) -> dict[str, Any]:
+def run_benchmark(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=print) -> dict[str, Any]:
     """The whole benchmark; writes out_dir/bench.json and out_dir/bench.md and returns the results."""
     if opts.epochs < 1 or not opts.seeds:
         raise ConfigError("bench needs at least 1 epoch and 1 seed")
@@ -326,10 +341,10 @@ def run(opts: BenchOptions, out_dir: str | Path, *, serve: bool = False, log=pri
         opts = dataclasses.replace(opts, model_out=str(out_dir / "fast.safetensors"))  # serve what it trains
     result: dict[str, Any] = {"machine": machine(opts.device), "options": vars(opts) | {"seeds": list(opts.seeds)}}
     t0 = time.perf_counter()
-    result.update(compare(opts, log))
+    result.update(race_contenders(opts, log))
     log(f"speedup {result['speedup']:.2f}x, step {result['floor']['ratio']:.2f}x its floor; "
         f"fast preset, {len(opts.seeds)} seeds ...")
-    result["fast"] = fast(opts)
+    result["fast"] = time_fast_preset(opts)
     if serve:
         result["serve"] = bench_serve(model=opts.model_out, out_dir=out_dir, clients=8, seconds=opts.serve_seconds)
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
