@@ -46,7 +46,8 @@ def test_batch_norm_statistics_are_those_of_the_averaged_weights(mnist_dir):
 
 
 def test_ema_changes_what_is_evaluated_not_how_it_trains(mnist_dir, tmp_path):
-    common = dict(epochs=2, subset=2048, test_subset=1000, seed=3, device="cpu", amp="off", data_dir=mnist_dir, quiet=True)
+    common = dict(epochs=2, subset=2048, test_subset=1000, seed=3, device="cpu", amp="off", data_dir=mnist_dir,
+                  quiet=True)
     plain = train("notebook", write_run=False, **common)
     averaged = train("notebook", ema=0.9, out=tmp_path, **common)
     # the same trajectory: averaging never feeds back into training
@@ -64,7 +65,8 @@ def test_ema_changes_what_is_evaluated_not_how_it_trains(mnist_dir, tmp_path):
 
 
 def test_ema_survives_resume(mnist_dir, tmp_path):
-    common = dict(subset=1024, test_subset=500, seed=1, ema=0.8, device="cpu", amp="off", data_dir=mnist_dir, quiet=True)
+    common = dict(subset=1024, test_subset=500, seed=1, ema=0.8, device="cpu", amp="off", data_dir=mnist_dir,
+                  quiet=True)
     whole = train("notebook", epochs=2, out=tmp_path / "whole", **common)
     first = train("notebook", epochs=1, out=tmp_path / "parts", **common)
     resumed = train("notebook", epochs=2, resume=first.run_dir, data_dir=mnist_dir, quiet=True)

@@ -149,7 +149,8 @@ def test_drawing_with_a_finger(browser, server):
     cdp = page.context.new_cdp_session(page)
     box = page.locator("#pad").bounding_box()
     points = [(box["x"] + box["width"] * 0.52, box["y"] + box["height"] * (0.15 + 0.7 * t / 20)) for t in range(21)]
-    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": points[0][0], "y": points[0][1]}]})
+    start = [{"x": points[0][0], "y": points[0][1]}]
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": start})
     for x, y in points[1:]:
         cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})

@@ -109,7 +109,8 @@ def test_clicking_a_mistake_shows_its_attribution(browser, runs_server):  # noqa
     thumbs.first.click()
     views = page.locator("#mistake-why figure.why-view")
     expect(views).to_have_count(2, timeout=15_000)  # predicted and true class side by side
-    assert views.evaluate_all("vs => vs.map(v => Number(v.dataset.target))") == [mistake["prediction"], mistake["label"]]
+    targets = views.evaluate_all("vs => vs.map(v => Number(v.dataset.target))")
+    assert targets == [mistake["prediction"], mistake["label"]]
     expect(page.locator("#mistake-why")).to_have_attribute("data-index", str(mistake["index"]))
     expect(views.first.locator("img.heat")).to_have_attribute("src", re.compile("^data:image/png"))
     expect(thumbs.first).to_have_class(re.compile("explained"))

@@ -20,8 +20,8 @@ def test_config_json_reruns_the_run_and_flags_override_it(cli, mnist_dir, tmp_pa
     data = ["--data-dir", str(mnist_dir), "--quiet"]
     first, again, longer = tmp_path / "first", tmp_path / "again", tmp_path / "longer"
     code, _, err = cli("train", "--preset", "notebook", "--optimizer", "sgd", "--opt", "momentum=0.9", "--lr", "0.05",
-                       "--epochs", "1", "--subset", "600", "--val", "100", "--test-subset", "500", "--seed", "4", "--device", "cpu", *data,
-                       "--out", str(first))
+                       "--epochs", "1", "--subset", "600", "--val", "100", "--test-subset", "500", "--seed", "4",
+                       "--device", "cpu", *data, "--out", str(first))
     assert code == 0, err
     code, _, err = cli("train", "--config", str(first / "config.json"), *data, "--out", str(again))
     assert code == 0, err

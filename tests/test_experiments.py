@@ -33,7 +33,8 @@ def numbers(history):
 def test_compare_starts_every_optimizer_from_the_same_weights(mnist_dir, tmp_path):
     out = tmp_path / "cmp"
     r = mnistlab("compare", "--optimizers", "adam,sgd", "--opt", "sgd:lr=0.05", "--epochs", "1", "--subset",
-                 "300", "--test-subset", "500", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
+                 "300", "--test-subset", "500", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out),
+                 "--quiet")
     assert r.returncode == 0, r.stderr
     assert "adam vs sgd" in r.stdout
     initial, _ = read_safetensors(out / "initial.safetensors")
@@ -113,8 +114,8 @@ def test_sweep_reuse_equals_training_the_shorter_setting(mnist_dir, tmp_path):
 
 def test_sweep_cli_parallel_jobs(mnist_dir, tmp_path):
     out = tmp_path / "grid"
-    r = mnistlab("sweep", "--lr", "1e-3,3e-3", "--epochs", "1", "--subset", "300", "--val", "100", "--test-subset", "500", "--jobs", "2",
-                 "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
+    r = mnistlab("sweep", "--lr", "1e-3,3e-3", "--epochs", "1", "--subset", "300", "--val", "100", "--test-subset",
+                 "500", "--jobs", "2", "--device", "cpu", "--data-dir", str(mnist_dir), "--out", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
     assert "2 runs in 2 parallel processes, 1 CPU thread(s) each" in r.stdout
     rows = list(csv.DictReader((out / "sweep.csv").open()))

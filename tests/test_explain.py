@@ -52,7 +52,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def test_spearman_helper():
     assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
     assert spearman(np.array([1, 2, 3, 4]), np.array([4, 3, 2, 1])) == pytest.approx(-1.0)
-    assert spearman(np.array([0, 0, 1, 2]), np.array([0, 0, 2, 1])) == pytest.approx(7 / 9)  # ranks 1.5,1.5,3,4 and 1.5,1.5,4,3
+    # ranks 1.5, 1.5, 3, 4 and 1.5, 1.5, 4, 3
+    assert spearman(np.array([0, 0, 1, 2]), np.array([0, 0, 2, 1])) == pytest.approx(7 / 9)
 
 
 # ---------------------------------------------------------------- do the attributions explain the model?

@@ -116,7 +116,8 @@ def test_every_accuracy_in_the_report_comes_from_a_metrics_file(lab_run):
     # The question-7 table is exactly exercise1/metrics: one row per epoch, train, validation and test accuracy.
     m = read_metrics(out / "exercise1")
     for row in m:
-        assert f"| {row['epoch']} | {row['train_acc']:.2f}% | {row['val_acc']:.2f}% | {row['test_acc']:.2f}% |" in report
+        line = f"| {row['epoch']} | {row['train_acc']:.2f}% | {row['val_acc']:.2f}% | {row['test_acc']:.2f}% |"
+        assert line in report
     # Exercise 3: Adam's numbers are step 1's, not a new run; Exercise 2 continued step 1's run (resumed).
     assert read_metrics(out / "exercise3/adam") == m
     assert read_metrics(out / "exercise2/lr0.001-b32-e3")[: len(m)] == m

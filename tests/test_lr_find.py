@@ -60,8 +60,8 @@ def test_cli_lr_find_and_train_lr_find(cli, mnist_dir, tmp_path):
     assert (tmp_path / "find/lr_find.png").stat().st_size > 0
 
     run = tmp_path / "run"
-    code, out, err = cli("train", "--lr", "find", "--epochs", "1", "--subset", "1000", "--test-subset", "500", *data, "--quiet", "--out",
-                         str(run))
+    code, out, err = cli("train", "--lr", "find", "--epochs", "1", "--subset", "1000", "--test-subset", "500", *data,
+                         "--quiet", "--out", str(run))
     assert code == 0, err
     found = read_json(run / "lr_find.json")
     cfg = read_json(run / "config.json")

@@ -17,7 +17,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from mnistlab.training import tensorboard
 from mnistlab.training.run import train
 
-TRAIN = ["train", "--preset", "notebook", "--subset", "1000", "--test-subset", "500", "--seed", "0", "--device", "cpu", "--quiet"]
+TRAIN = ["train", "--preset", "notebook", "--subset", "1000", "--test-subset", "500", "--seed", "0", "--device", "cpu",
+         "--quiet"]
 
 
 def events(run: Path) -> EventAccumulator:

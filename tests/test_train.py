@@ -50,8 +50,8 @@ def test_same_seed_same_metrics_on_cpu(mnist_dir):
     keys = ["train_loss", "train_acc", "test_loss", "test_acc"]
     assert [[h[k] for k in keys] for h in runs[0].history] == [[h[k] for k in keys] for h in runs[1].history]
     assert [h["test_n"] for h in runs[0].history] == [1000, 1000]  # --test-subset: the first 1,000 test images
-    other = train("notebook", epochs=1, subset=2000, test_subset=1000, seed=6, device="cpu", data_dir=mnist_dir, quiet=True,
-                  write_run=False)
+    other = train("notebook", epochs=1, subset=2000, test_subset=1000, seed=6, device="cpu", data_dir=mnist_dir,
+                  quiet=True, write_run=False)
     assert other.history[0]["train_loss"] != runs[0].history[0]["train_loss"]
 
 
@@ -110,7 +110,8 @@ def test_cli_errors_are_one_line_exit_2(args, message, cli):
 
 def test_a_cli_error_in_a_real_process_is_one_line():
     r = mnistlab("train", "--preset", "nope")
-    assert r.returncode == 2 and r.stderr.strip() == "error: unknown preset 'nope'; choose from best, fast, notebook, pytorch-example"
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: unknown preset 'nope'; choose from best, fast, notebook, pytorch-example"
 
 
 def test_resume_cannot_stretch_a_one_cycle_schedule(tmp_path):

@@ -373,8 +373,8 @@ def markdown(r: dict[str, Any]) -> str:
         rss = f"{c['peak_rss_mb']:.0f}"
         if "worker_peak_rss_mb" in c:
             rss += f" (+ workers {c['worker_peak_rss_mb']:.0f} each)"
-        lines.append(f"| {names[key]} | {trained_in[key]} | {c['seconds_per_epoch']:.2f} | {c['images_per_s']:.0f} | {rss} | "
-                     f"{c['test_acc']:.2f} |")
+        lines.append(f"| {names[key]} | {trained_in[key]} | {c['seconds_per_epoch']:.2f} | "
+                     f"{c['images_per_s']:.0f} | {rss} | {c['test_acc']:.2f} |")
     lines += ["", f"Speedup: **{r['speedup']:.2f}x**. Test accuracies are evaluated in fp32.", "",
               *floor_markdown(r["floor"])]
     f = r["fast"]

@@ -39,7 +39,8 @@ def add_device_option(p: argparse.ArgumentParser, default: str | None = None) ->
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, choices=["mnist", "fashion-mnist"], help="default: mnist")
-    p.add_argument("--data-dir", default=None, help="data root holding one folder per dataset (default: $MNISTLAB_DATA, else ~/.cache/mnistlab)")
+    p.add_argument("--data-dir", default=None,
+                   help="data root holding one folder per dataset (default: $MNISTLAB_DATA, else ~/.cache/mnistlab)")
 
 
 def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False, lr_find: bool = False) -> None:
@@ -86,7 +87,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """The Config overrides the user gave (unset options are None and leave the preset alone)."""
     over: dict[str, Any] = {}
     for key in ("epochs", "lr", "batch_size", "optimizer", "seed", "device", "amp", "compile", "cuda_graphs",
-                "channels_last", "double_softmax", "ema", "subset", "test_subset", "val", "early_stop", "dataset", "tensorboard"):
+                "channels_last", "double_softmax", "ema", "subset", "test_subset", "val", "early_stop", "dataset",
+                "tensorboard"):
         value = getattr(args, key, None)
         if value is not None:
             over[key] = value

@@ -1,1 +1,2 @@
-"""The lab's exercises: `mnistlab inspect` (model anatomy), learning-curve analysis, the lab (`mnistlab lab`) and its report."""
+"""The lab's exercises: `mnistlab inspect` (model anatomy), learning-curve analysis, the lab (`mnistlab lab`)
+and its report."""

@@ -15,7 +15,8 @@ DIGIT = 0  # the test digit whose feature maps question 4 shows (a 7)
 MISTAKES = 8
 
 
-def insight_figures(run_dir: str | Path, mistakes: list[dict[str, Any]], data_dir: str | Path | None = None) -> dict[str, Path]:
+def insight_figures(run_dir: str | Path, mistakes: list[dict[str, Any]],
+                    data_dir: str | Path | None = None) -> dict[str, Path]:
     """filters.png, feature-maps.png and (with Captum) mistakes-ig.png in `run_dir`, from its model.safetensors;
     `mistakes` are evaluate_model's rows (index, label, prediction), most confident first."""
     run_dir = Path(run_dir)

@@ -245,13 +245,15 @@ def summary_rows(r: LabResult) -> list[tuple[str, str]]:
             ("E1 Q5 optimizer", f"{r.info['optimizer']['name']} lr {r.config.lr:g}" if r.info else "-")]
     if a:
         more = a["continuation"]
+        best = f"best {a['split']} {pct(a['best_acc'])} at epoch {a['best_epoch']}"
         evidence = (f"{a['split']} {pct(a['final_acc'])} after epoch {a['epochs']}, {pct(more['acc'])} after "
-                    f"{more['epochs']}" if more else f"best {a['split']} {pct(a['best_acc'])} at epoch {a['best_epoch']}")
+                    f"{more['epochs']}" if more else best)
         rows += [("E1 Q6 more epochs?", f"{a['verdict']} ({evidence})"),
                  ("E1 Q7 test acc per epoch", ", ".join(pct(t["test_acc"]) for t in a["table"]))]
     if s is not None:
+        beyond = "beyond" if s.gain_noise is not None and s.gain_noise.exceeds else "within"
         gain = "" if s.gain_noise is None or s.best is s.preset_row else \
-            f"; {s.gain_noise.value:+.2f} pt test vs the preset ({'beyond' if s.gain_noise.exceeds else 'within'} noise)"
+            f"; {s.gain_noise.value:+.2f} pt test vs the preset ({beyond} noise)"
         rows.append(("E2 chosen on validation", f"{s.best['label']}, {s.best['epochs']} epochs: val "
                                                 f"{pct(s.best['val_acc'])}, test {pct(s.best['test_acc'])}{gain}"))
     if c is not None:

@@ -88,7 +88,8 @@ class _RampReader(Callback):
     `diverge` times its minimum."""
 
     def __init__(self, start_lr: float, growth: float, steps: int, smoothing: float, diverge: float) -> None:
-        self.start_lr, self.growth, self.steps, self.smoothing, self.diverge = start_lr, growth, steps, smoothing, diverge
+        self.start_lr, self.growth, self.steps = start_lr, growth, steps
+        self.smoothing, self.diverge = smoothing, diverge
         self.lrs: list[float] = []
         self.losses: list[float] = []
         self.smoothed: list[float] = []

@@ -6,8 +6,9 @@
     optimizer=adam,sgd
 
 Names: lr, epochs, batch_size, optimizer, label_smoothing, ema, double_softmax, or opt.KEY for an optimizer
-argument (opt.momentum=0.8..0.99). The data, the split and the seed stay fixed: they define what is measured. Every end of a range and every listed value is resolved
-against the preset when parsed, so a bad value is reported before any trial runs.
+argument (opt.momentum=0.8..0.99). The data, the split and the seed stay fixed: they define what is measured.
+Every end of a range and every listed value is resolved against the preset when parsed, so a bad value is
+reported before any trial runs.
 """
 
 from __future__ import annotations

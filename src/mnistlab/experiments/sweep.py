@@ -1,8 +1,9 @@
 """Exercise 2: `sweep("notebook", lrs=[5e-4, 1e-3, 2e-3], epochs=[5, 8], jobs=2)` trains a grid, reusing
 longer runs for shorter epoch settings, and writes a table of the grid, a figure and the chosen setting.
 
-The setting is chosen by validation accuracy (the last `val` training images, `DEFAULT_VAL` = 10,000 by default, which no run
-of the grid trains on); the test accuracy of every setting is reported beside it and never used to choose.
+The setting is chosen by validation accuracy (the last `val` training images, `DEFAULT_VAL` = 10,000 by
+default, which no run of the grid trains on); the test accuracy of every setting is reported beside it and never
+used to choose.
 """
 
 from __future__ import annotations

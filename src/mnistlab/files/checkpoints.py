@@ -298,5 +298,5 @@ def guess_model(state: dict[str, torch.Tensor], path: str | Path = "weights") ->
             normalise = next((c.normalise for c in PRESETS.values() if c.model == name), None)
             return {"format": "mnistlab", "model": name, "model_args": {}, "normalise": normalise,
                     "note": "bare state_dict: model guessed from its weights"}
-    raise MnistlabError(f"{path}: a bare state_dict that matches no registered model "
-                        f"({', '.join(MODELS)}); save it with mnistlab.files.checkpoints.save_model to keep its metadata")
+    raise MnistlabError(f"{path}: a bare state_dict that matches no registered model ({', '.join(MODELS)}); "
+                        "save it with mnistlab.files.checkpoints.save_model to keep its metadata")

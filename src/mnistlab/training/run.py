@@ -161,8 +161,8 @@ def train(
     history = fit(
         net, prep.optimizer, prep.data.train, prep.data.evals,
         epochs=prep.start_epoch if stopped else cfg.epochs, start_epoch=prep.start_epoch,
-        scheduler=prep.scheduler, schedule_per_step=prep.schedule_per_step, step=step_options(cfg, prep.amp), callbacks=cbs,
-        history=prep.history, eval_model=prep.averager.for_eval if prep.averager else None,
+        scheduler=prep.scheduler, schedule_per_step=prep.schedule_per_step, step=step_options(cfg, prep.amp),
+        callbacks=cbs, history=prep.history, eval_model=prep.averager.for_eval if prep.averager else None,
     )
     final = prep.model if prep.averager is None else prep.averager.average.module  # what was evaluated
     result = TrainResult(run_dir, cfg, history, final)

@@ -384,7 +384,8 @@ def readme(result: dict[str, Any], title: str = "") -> str:
                    "layer's resolution, stretched to 28x28 (coarse by design; never blue).",
     }
     lines += [f"- {explain_methods[m]}" for m in result["methods"]]
-    lines += ["", "## The inputs", "", "| # | input | true | predicted | probability |", "| --- | --- | --- | --- | --- |"]
+    lines += ["", "## The inputs", "", "| # | input | true | predicted | probability |",
+              "| --- | --- | --- | --- | --- |"]
     for i, r in enumerate([r for r in result["inputs"] if not r.get("blank")], 1):
         p = r["prediction"]
         lines.append(f"| {i:02d} | {r['input']} | {'-' if r['label'] is None else r['label']} | {p} | "

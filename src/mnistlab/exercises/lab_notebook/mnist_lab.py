@@ -618,12 +618,13 @@ denominator for stability), weight decay {adam_args["weight_decay"]}, amsgrad {a
 {type(loss_fn).__name__}.""")
 
 # %% tags=["answer"]
+why = ": the network fits its training images better than new ones, so more epochs mostly widen that gap"
 answer(f"""**Q6. Will the network improve with more epochs?** Validation accuracy was {pct(previous["val_acc"])} at
-best before the last epoch and {pct(last["val_acc"])} after it ({val_gain:+.2f} pt), against a noise of ±{val_noise:.2f} pt
-on {len(x_val):,} validation images: **{q6}**. Training accuracy reached {pct(last["train_acc"])}, {gap:+.2f} pt
-{"above" if gap >= 0 else "below"} validation{": the network fits its training images better than new ones, so more epochs "
- "mostly widen that gap" if gap > val_noise else ""}. Training the same run on to {more_epochs} epochs (Exercise 2) gave
-{pct(continued_best)} at best on validation ({continued_best - last["val_acc"]:+.2f} pt): {continued_words}.
+best before the last epoch and {pct(last["val_acc"])} after it ({val_gain:+.2f} pt), against a noise of
+±{val_noise:.2f} pt on {len(x_val):,} validation images: **{q6}**. Training accuracy reached
+{pct(last["train_acc"])}, {gap:+.2f} pt {"above" if gap >= 0 else "below"} validation{why if gap > val_noise else ""}.
+Training the same run on to {more_epochs} epochs (Exercise 2) gave {pct(continued_best)} at best on validation
+({continued_best - last["val_acc"]:+.2f} pt): {continued_words}.
 
 **Q7. Accuracy after each epoch** (saved in `{csv_path.name}`):
 

@@ -72,7 +72,8 @@ def block_html(block: Block) -> str:
     if kind == "img":
         data = base64.b64encode(Path(block[1]).read_bytes()).decode()
         cap = _inline(block[2])
-        return f'<figure><img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}"><figcaption>{cap}</figcaption></figure>'
+        img = f'<img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">'
+        return f"<figure>{img}<figcaption>{cap}</figcaption></figure>"
     if kind == "code":
         return f"<pre>{html.escape(block[1].rstrip())}</pre>"
     raise ValueError(f"unknown block kind {kind!r}")

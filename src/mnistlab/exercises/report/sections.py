@@ -253,8 +253,8 @@ def notebook_section(r) -> Section:
 def overview(r) -> Section:
     env, cfg = r.environment, r.config
     return "About this run", [
-        ("p", f"{'Quick run (a first look: a subset and few epochs; the full lab is `mnistlab lab`)' if r.quick else 'Full lab'}"
-              f" on real MNIST. Every number below comes from the runs in this directory."),
+        ("p", ("Quick run (a first look: a subset and few epochs; the full lab is `mnistlab lab`)" if r.quick
+               else "Full lab") + " on real MNIST. Every number below comes from the runs in this directory."),
         ("p", f"**Validation policy.** Every choice in this report (question 6: train longer?; Exercise 2: which "
               f"setting?) is made on a validation split, the last {cfg.val:,} of the first {cfg.subset or 60000:,} "
               "training images, which no run trains on; the test set is evaluated for what was chosen and "
