@@ -167,7 +167,7 @@ def run_lr_find(spec: LrFindSpec) -> LrFindResult:
     growth = (end_lr / start_lr) ** (1.0 / (steps - 1))
     ramp = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: growth**i)  # step i at start_lr * growth**i
     prepared = Prepared(device, data, model, optimizer, ramp, True, amp_dtype(cfg.amp, device))
-    net = wrap(prepared, cfg, DistEnv())  # what train() trains: bf16 weight copies, torch.compile
+    net = wrap(prepared, cfg, DistEnv())  # what train() trains: torch.compile
     reader = _RampReader(start_lr, growth, steps, smoothing, diverge)
     try:  # the engine's own step; the reader ends the ramp from inside the epoch
         fit(net, optimizer, data.train, {}, epochs=sys.maxsize, scheduler=ramp, schedule_per_step=True,

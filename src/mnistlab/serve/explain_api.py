@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from mnistlab.data.preprocess import decode_image, from_pixels, to_mnist
 from mnistlab.errors import MnistlabError
-from mnistlab.serve.model_api import FORM_SLACK, MAX_UPLOAD, Served, _pixels, _read_body, grid
+from mnistlab.serve.model_api import FORM_SLACK, MAX_UPLOAD, Served, grid, json_pixels, read_body, read_form, refuse
 from mnistlab.use.explain import EXTRA, METHODS, attribute, captum_available, heat_png
 
 
@@ -74,14 +72,10 @@ _BODY = {
 }
 
 
-def _refuse(status: int, message: str) -> HTTPException:
-    return HTTPException(status_code=status, detail=message)
-
-
 def _method(value: Any) -> str:
     method = "ig" if value in (None, "") else value
     if not isinstance(method, str) or method not in METHODS:
-        raise _refuse(422, f"unknown method {value!r}; choose from {', '.join(METHODS)}")
+        raise refuse(422, f"unknown method {value!r}; choose from {', '.join(METHODS)}")
     return method
 
 
@@ -91,32 +85,8 @@ def _target(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
-        raise _refuse(422, f"target must be a class 0-9, got {value!r}")
+        raise refuse(422, f"target must be a class 0-9, got {value!r}")
     return value
-
-
-async def _form(request: Request, body: bytes, max_upload: int) -> tuple[bytes, str, dict[str, str]]:
-    """(file bytes, filename, the other text fields) of a multipart body."""
-
-    async def stream() -> AsyncIterator[bytes]:
-        yield body
-
-    try:
-        form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=10).parse()
-    except MultiPartException as e:
-        raise _refuse(422, f"bad multipart body: {e.message}") from None
-    try:
-        file = form.get("file")
-        if not isinstance(file, UploadFile):
-            raise _refuse(422, "multipart body has no file field named 'file'")
-        data = await file.read()
-        name = file.filename or "upload"
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    finally:
-        await form.close()
-    if len(data) > max_upload:
-        raise _refuse(413, f"{name}: {len(data):,} bytes; uploads are limited to {max_upload:,} bytes")
-    return data, name, fields
 
 
 def _sig(v: float) -> float:
@@ -127,11 +97,11 @@ def explain_image(served: Served, image: torch.Tensor, blank: bool, source: str,
                   label: int | None = None) -> dict[str, Any]:
     """The answer for one preprocessed (28, 28) image."""
     if blank:
-        raise _refuse(422, "blank image: no digit found, nothing to explain")
+        raise refuse(422, "blank image: no digit found, nothing to explain")
     try:
         att = attribute(served.loaded, image.reshape(1, 28, 28), method, target)
     except MnistlabError as e:
-        raise _refuse(422, str(e)) from None
+        raise refuse(422, str(e)) from None
     a = att.maps[0]
     probs = att.probabilities[0]
     scale = float(a.abs().max())
@@ -160,14 +130,14 @@ def explain_router(provide: Callable[..., Served], max_upload: int = MAX_UPLOAD)
         the predicted class) by `method` (default ig): numbers and a PNG to overlay."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in ("multipart/form-data", "application/json"):
-            raise _refuse(415, f"unsupported content type {ctype or 'none'!r}; send multipart/form-data with "
+            raise refuse(415, f"unsupported content type {ctype or 'none'!r}; send multipart/form-data with "
                                "a 'file' field, or application/json {\"pixels\": ...} or {\"index\": N}")
-        body = await _read_body(request, max_upload + FORM_SLACK)
+        body = await read_body(request, max_upload + FORM_SLACK)
         query = request.query_params
         label = None
         try:
             if ctype == "multipart/form-data":
-                data, source, fields = await _form(request, body, max_upload)
+                data, source, fields = await read_form(request, body, max_upload)
                 method, target = _method(fields.get("method", query.get("method"))), \
                     _target(fields.get("target", query.get("target")))
                 image, blank = await run_in_threadpool(lambda: to_mnist(decode_image(data, source)))
@@ -175,9 +145,9 @@ def explain_router(provide: Callable[..., Served], max_upload: int = MAX_UPLOAD)
                 try:
                     obj = json.loads(body)
                 except (ValueError, RecursionError):
-                    raise _refuse(422, "request body is not valid JSON") from None
+                    raise refuse(422, "request body is not valid JSON") from None
                 if not isinstance(obj, dict):
-                    raise _refuse(422, 'expected a JSON object {"pixels": 28x28 numbers in [0, 1]} or {"index": N}')
+                    raise refuse(422, 'expected a JSON object {"pixels": 28x28 numbers in [0, 1]} or {"index": N}')
                 method, target = _method(obj.get("method", query.get("method"))), \
                     _target(obj.get("target", query.get("target")))
                 if "index" in obj and "pixels" not in obj:
@@ -185,11 +155,11 @@ def explain_router(provide: Callable[..., Served], max_upload: int = MAX_UPLOAD)
                     blank = False
                 else:
                     source = "pixels"
-                    image, blank = from_pixels(_pixels(body))
+                    image, blank = from_pixels(json_pixels(body))
         except MnistlabError as e:
-            raise _refuse(422, str(e)) from None
+            raise refuse(422, str(e)) from None
         if not captum_available():
-            raise _refuse(503, f"attributions need Captum, which is not installed here: {EXTRA}")
+            raise refuse(503, f"attributions need Captum, which is not installed here: {EXTRA}")
         return await run_in_threadpool(explain_image, served, image, blank, source, method, target, label)
 
     return router
@@ -199,7 +169,7 @@ def _test_image(served: Served, index: Any) -> tuple[torch.Tensor, int, str]:
     try:
         images, labels = served.gallery.split()
     except MnistlabError as e:
-        raise _refuse(503, f"test images unavailable: {e}") from None
+        raise refuse(503, f"test images unavailable: {e}") from None
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(labels):
-        raise _refuse(422, f"index must be an integer 0-{len(labels) - 1}, got {index!r}")
+        raise refuse(422, f"index must be an integer 0-{len(labels) - 1}, got {index!r}")
     return images[index].float() / 255.0, int(labels[index]), f"test #{index}"

@@ -129,27 +129,27 @@ def classify(loaded: LoadedModel, image: torch.Tensor, blank: bool, source: str)
     return result
 
 
-def _refuse(status: int, message: str) -> HTTPException:
+def refuse(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it exceeds `limit` bytes (declared or streamed)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _refuse(413, f"request too large ({int(declared):,} bytes); uploads are limited to "
+        raise refuse(413, f"request too large ({int(declared):,} bytes); uploads are limited to "
                            f"{limit - FORM_SLACK:,} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _refuse(413, f"request too large; uploads are limited to {limit - FORM_SLACK:,} bytes")
+            raise refuse(413, f"request too large; uploads are limited to {limit - FORM_SLACK:,} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def _upload(request: Request, body: bytes, max_upload: int) -> tuple[bytes, str]:
-    """(bytes, filename) of the multipart field `file`."""
+async def read_form(request: Request, body: bytes, max_upload: int) -> tuple[bytes, str, dict[str, str]]:
+    """(file bytes, filename, the other text fields) of a multipart body whose file field is `file`."""
 
     async def stream() -> AsyncIterator[bytes]:
         yield body
@@ -157,34 +157,35 @@ async def _upload(request: Request, body: bytes, max_upload: int) -> tuple[bytes
     try:
         form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=10).parse()
     except MultiPartException as e:
-        raise _refuse(422, f"bad multipart body: {e.message}") from None
+        raise refuse(422, f"bad multipart body: {e.message}") from None
     try:
         file = form.get("file")
         if not isinstance(file, UploadFile):
-            raise _refuse(422, "multipart body has no file field named 'file'")
+            raise refuse(422, "multipart body has no file field named 'file'")
         data = await file.read()
         name = file.filename or "upload"
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
     finally:
         await form.close()
     if len(data) > max_upload:
-        raise _refuse(413, f"{name}: {len(data):,} bytes; uploads are limited to {max_upload:,} bytes")
-    return data, name
+        raise refuse(413, f"{name}: {len(data):,} bytes; uploads are limited to {max_upload:,} bytes")
+    return data, name, fields
 
 
-def _pixels(body: bytes) -> Any:
+def json_pixels(body: bytes) -> Any:
     """The `pixels` member of a JSON body, type-checked (shape and range are from_pixels' job)."""
     try:
         obj = json.loads(body)
     except (ValueError, RecursionError):
-        raise _refuse(422, "request body is not valid JSON") from None
+        raise refuse(422, "request body is not valid JSON") from None
     if not isinstance(obj, dict) or "pixels" not in obj:
-        raise _refuse(422, 'expected a JSON object {"pixels": 28x28 numbers in [0, 1]}')
+        raise refuse(422, 'expected a JSON object {"pixels": 28x28 numbers in [0, 1]}')
     pixels = obj["pixels"]
     rows = pixels if isinstance(pixels, list) else [pixels]
     for row in rows:
         for v in row if isinstance(row, list) else [row]:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise _refuse(422, "pixels: must be a 28x28 array of numbers")
+                raise refuse(422, "pixels: must be a 28x28 array of numbers")
     return pixels
 
 
@@ -227,25 +228,25 @@ def model_router(provide: Callable[..., Served], max_upload: int = MAX_UPLOAD) -
         try:
             return {"dataset": served.loaded.dataset, "samples": served.gallery.sample(n, seed)}
         except MnistlabError as e:
-            raise _refuse(503, f"test images unavailable: {e}") from None
+            raise refuse(503, f"test images unavailable: {e}") from None
 
     @router.post("/predict", response_model=Prediction, openapi_extra=_PREDICT_BODY)
     async def predict(request: Request, served: Served = served_model) -> dict[str, Any]:
         """Classify an uploaded PNG/JPEG (multipart field `file`) or a JSON 28x28 `pixels` grid."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in ("multipart/form-data", "application/json"):
-            raise _refuse(415, f"unsupported content type {ctype or 'none'!r}; send multipart/form-data with "
+            raise refuse(415, f"unsupported content type {ctype or 'none'!r}; send multipart/form-data with "
                                "a 'file' field, or application/json {\"pixels\": ...}")
-        body = await _read_body(request, max_upload + FORM_SLACK)
+        body = await read_body(request, max_upload + FORM_SLACK)
         try:
             if ctype == "multipart/form-data":
-                data, source = await _upload(request, body, max_upload)
+                data, source, _ = await read_form(request, body, max_upload)
                 image, blank = await run_in_threadpool(lambda: to_mnist(decode_image(data, source)))
             else:
                 source = "pixels"
-                image, blank = from_pixels(_pixels(body))
+                image, blank = from_pixels(json_pixels(body))
         except MnistlabError as e:
-            raise _refuse(422, str(e)) from None
+            raise refuse(422, str(e)) from None
         return await run_in_threadpool(classify, served.loaded, image, blank, source)
 
     return router
