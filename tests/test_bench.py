@@ -57,6 +57,7 @@ def test_bench_serve_without_the_serve_extra_stops_before_training(missing, monk
     assert not (tmp_path / "b").exists()  # nothing trained, nothing written
 
 
+@pytest.mark.slow  # the whole benchmark harness, on a small subset
 def test_bench_json_has_every_documented_key(quick):
     _, r = quick
     for name in ("reference", "mnistlab"):
@@ -93,6 +94,7 @@ def test_bench_json_has_every_documented_key(quick):
     assert m["amp_dtype"] == {"reference": None, "mnistlab": auto, "fast": auto}
 
 
+@pytest.mark.slow  # the whole benchmark harness, on a small subset
 def test_bench_serve_load_tests_the_model_it_trained(quick):
     from mnistlab.files.checkpoints import read_model
 
@@ -105,6 +107,7 @@ def test_bench_serve_load_tests_the_model_it_trained(quick):
     assert 0 < s["p50_ms"] <= s["p99_ms"] and s["clients"] == 8 and 2.5 <= s["seconds"] < 10
 
 
+@pytest.mark.slow  # the whole benchmark harness, on a small subset
 def test_bench_md_is_the_table(quick):
     out, r = quick
     text = (out / "bench.md").read_text()

@@ -112,6 +112,7 @@ def test_sweep_reuse_equals_training_the_shorter_setting(mnist_dir, tmp_path):
     assert numbers(read_metrics(tmp_path / "again" / "lr0.001-b32-e2")) == numbers(trained)
 
 
+@pytest.mark.slow  # two training processes
 def test_sweep_cli_parallel_jobs(mnist_dir, tmp_path):
     out = tmp_path / "grid"
     r = mnistlab("sweep", "--lr", "1e-3,3e-3", "--epochs", "1", "--subset", "300", "--val", "100", "--test-subset",
