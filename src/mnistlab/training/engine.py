@@ -123,20 +123,20 @@ def evaluate(model: nn.Module, loader: DeviceLoader, double_softmax: bool = Fals
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, device=loader.device, dtype=torch.float64)  # loss, correct, count
-    probs = []
+    outputs = []
     for x, y in loader.epoch(0):
         logits = model(x).float()
         sums[0] += loss_fn(logits, y, double_softmax=double_softmax)
         sums[1] += (logits.argmax(1) == y).sum()
         sums[2] += len(y)
-        if predictions:
-            probs.append(probabilities(logits).cpu())
+        if predictions:  # kept on the device: one transfer and one softmax for the split, no per-batch sync
+            outputs.append(logits)
     # Predicting, one rank scores a whole split (TensorBoard's summary runs on the main rank only).
     loss, correct, n = (sums if predictions else _all_reduce(sums)).tolist()
     model.train(was_training)
     out: dict[str, Any] = {"loss": loss / max(n, 1), "acc": 100.0 * correct / max(n, 1), "n": int(n)}
     if predictions:
-        out["probs"] = torch.cat(probs) if probs else torch.zeros(0, 10)
+        out["probs"] = probabilities(torch.cat(outputs)).cpu() if outputs else torch.zeros(0, 10)
     return out
 
 
