@@ -2,9 +2,10 @@
 
     python bench/notebook_step.py [--rounds 10] [--steps 100] [--threads N] [--cpu-time] [--variant NAME ...]
 
-Variants: fp32; bf16 autocast as `mnistlab train` runs it (every forward casts the fp32 weights, every
-backward casts their gradients back); fp32 tensors with oneDNN computing the matmuls and convolutions in
-bf16 (bf16 inputs, fp32 accumulation and output: no conversion passes, no bf16 gradients;
+Variants: fp32; plain bf16 autocast (every forward casts the fp32 weights, every backward casts their
+gradients back); bf16 autocast from bf16 weight copies with the fused update, as `mnistlab train` runs it
+where the fused kernel builds (`training.bf16`); fp32 tensors with oneDNN computing the matmuls and
+convolutions in bf16 (bf16 inputs, fp32 accumulation and output: no conversion passes, no bf16 gradients;
 `torch.backends.mkldnn.*.fp32_precision`).
 Each has its own model and optimizer (same seed, same batches) and trains `--steps` steps of the engine per
 round, the variants taking turns round by round; each round also times the variant's floor (bench.floor,
@@ -28,6 +29,7 @@ import torch
 
 from mnistlab.bench.floor import step_kernels, time_kernels
 from mnistlab.presets import resolve
+from mnistlab.training.bf16 import Bf16Copies
 from mnistlab.training.device import cpu_supports_bf16, cpu_training_mode
 from mnistlab.training.engine import StepOptions, train_epoch
 from mnistlab.training.optim import make_optimizer
@@ -39,12 +41,14 @@ CPU = torch.device("cpu")
 @dataclass(frozen=True)
 class Variant:
     amp: torch.dtype | None = None  # autocast dtype
+    copies: bool = False  # trained from bf16 weight copies with the fused update (Bf16Copies)
     onednn_bf16: bool = False  # fp32 tensors, oneDNN's matmuls and convolutions computing in bf16
 
 
 VARIANTS = {
     "fp32": Variant(),
     "bf16 autocast": Variant(torch.bfloat16),
+    "bf16 copies, fused update": Variant(torch.bfloat16, copies=True),
     "fp32, oneDNN bf16 products": Variant(onednn_bf16=True),
 }
 
@@ -86,8 +90,8 @@ def main() -> None:
     for name, v in variants.items():
         model = build(cfg, CPU)
         opt = make_optimizer(cfg, model.parameters(), CPU)
-        runs[name] = (model, opt, StepOptions(amp=v.amp))
-        kernels[name] = step_kernels(model, lambda p: make_optimizer(cfg, p, CPU), x, v.amp)
+        runs[name] = (Bf16Copies(model, opt) if v.copies else model, opt, StepOptions(amp=v.amp))
+        kernels[name] = step_kernels(model, lambda p: make_optimizer(cfg, p, CPU), x, v.amp, v.copies)
     step_ms: dict[str, list[float]] = {name: [] for name in runs}
     floor_ms: dict[str, list[float]] = {name: [] for name in runs}
     with cpu_training_mode(CPU):

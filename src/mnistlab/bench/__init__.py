@@ -43,6 +43,7 @@ from mnistlab.files.checkpoints import model_metadata, save_safetensors
 from mnistlab.files.runs import atomic_write, cpu_model, write_json
 from mnistlab.models import NotebookNet, unwrap
 from mnistlab.presets import Config, resolve
+from mnistlab.training.bf16 import Bf16Copies
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, pick_device
 from mnistlab.training.engine import Callback
 from mnistlab.training.optim import make_optimizer
@@ -144,7 +145,7 @@ class _Driven(Callback):
         self.amp = amp_dtype(cfg.amp, self.device)  # what train() chooses for this Config here
 
     def on_train_start(self, model, optimizer, train) -> None:
-        self.model, self.train = unwrap(model), train
+        self.model, self.train, self.copies = unwrap(model), train, isinstance(model, Bf16Copies)
         self.conn.send(("ready", train.num_samples))
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
@@ -162,8 +163,9 @@ class _Driven(Callback):
         """The floor of this contender's step and its steps per epoch."""
         x, _ = self.train.batch(self.train.shard(1)[0][0])  # one full batch of the step's size
         out = step_floor(self.model, lambda params: make_optimizer(self.cfg, params, self.device), x, self.amp,
-                         reps=self.floor_reps)
-        return out | {"amp": str(self.amp or torch.float32).removeprefix("torch."), "batch_size": len(x),
+                         copies=self.copies, reps=self.floor_reps)
+        return out | {"amp": str(self.amp or torch.float32).removeprefix("torch."), "bf16_copies": self.copies,
+                      "batch_size": len(x),
                       "steps_per_epoch": len(self.train), "threads": torch.get_num_threads()}
 
 
@@ -397,7 +399,8 @@ def markdown(r: dict[str, Any]) -> str:
 
 def floor_markdown(fl: dict[str, Any]) -> list[str]:
     """The floor of the mnistlab step as a table, and the step's ratio to it."""
-    lines = [f"Floor of the mnistlab step ({fl['amp']}, batch {fl['batch_size']}, torch threads {fl['threads']}; "
+    precision = f"{fl['amp']}{' from bf16 weight copies' if fl.get('bf16_copies') else ''}"
+    lines = [f"Floor of the mnistlab step ({precision}, batch {fl['batch_size']}, torch threads {fl['threads']}; "
              "each kernel alone, the median of its calls; measured after each epoch, the median over them):", "",
              "| kernel | shapes | ms |", "| --- | --- | ---: |"]
     lines += [f"| {name} | {fl['shapes'][name]} | {ms:.3f} |" for name, ms in fl["kernels"].items()]
