@@ -26,7 +26,7 @@ typedef struct {
     const Tensor *tensors;
     int count, parts, decoupled;
     double lr, beta1, beta2, eps, weight_decay;
-    int next_part; /* the next part a thread may claim */
+    int (*thread_num)(void), (*num_threads)(void); /* the pool's omp_get_thread_num/num_threads, or NULL */
 } Step;
 
 static inline float from_bf16(uint16_t b) {
@@ -73,23 +73,24 @@ static void update(const Tensor *t, int64_t lo, int64_t hi, const Step *w) {
     }
 }
 
-/* Before the threads start: count the step (each tensor's Adam step count) and open the parts. */
+/* Before the threads start: count the step (each tensor's Adam step count). */
 void mnistlab_adam_bf16_begin(Step *s) {
     for (int k = 0; k < s->count; k++) *s->tensors[k].step += 1.0f;
-    __atomic_store_n(&s->next_part, 0, __ATOMIC_SEQ_CST);
 }
 
-/* Run by every thread of a team (an OpenMP parallel region of the caller's pool): each thread claims parts
- * until none is left; part i is the i-th 16-element-aligned share of every tensor. */
+/* Run by every thread of a team (an OpenMP parallel region of torch's pool), or by the caller alone: part i
+ * is the i-th 16-element-aligned share of every tensor, and thread t of n takes parts t, t + n, ...: the same
+ * thread takes the same share every step, as torch's kernels do, so a share stays in the cache of the core
+ * that last wrote it. */
 void mnistlab_adam_bf16_work(void *arg) {
-    Step *s = arg;
-    int part;
-    while ((part = __atomic_fetch_add(&s->next_part, 1, __ATOMIC_SEQ_CST)) < s->parts) {
+    const Step *s = arg;
+    int t = s->thread_num ? s->thread_num() : 0, n = s->num_threads ? s->num_threads() : 1;
+    for (int part = t; part < s->parts; part += n) {
         for (int k = 0; k < s->count; k++) {
-            const Tensor *t = &s->tensors[k];
-            int64_t share = ((t->numel + s->parts - 1) / s->parts + 15) / 16 * 16;
-            int64_t lo = share * part, hi = lo + share < t->numel ? lo + share : t->numel;
-            if (lo < hi) update(t, lo, hi, s);
+            const Tensor *x = &s->tensors[k];
+            int64_t share = ((x->numel + s->parts - 1) / s->parts + 15) / 16 * 16;
+            int64_t lo = share * part, hi = lo + share < x->numel ? lo + share : x->numel;
+            if (lo < hi) update(x, lo, hi, s);
         }
     }
 }

@@ -55,7 +55,7 @@ class _Step(ctypes.Structure):
     _fields_ = [("tensors", ctypes.POINTER(_Tensor)), ("count", ctypes.c_int), ("parts", ctypes.c_int),
                 ("decoupled", ctypes.c_int), ("lr", ctypes.c_double), ("beta1", ctypes.c_double),
                 ("beta2", ctypes.c_double), ("eps", ctypes.c_double), ("weight_decay", ctypes.c_double),
-                ("next_part", ctypes.c_int)]
+                ("thread_num", ctypes.c_void_p), ("num_threads", ctypes.c_void_p)]
 
 
 def kernel_dir() -> Path:
@@ -152,9 +152,12 @@ class Bf16Copies(nn.Module):
         # The update runs on torch's own OpenMP pool (another set of threads would compete with its workers,
         # which spin a while after each of torch's kernels), else on the calling thread alone.
         self._pool = openmp_runtime()
+        self._team: tuple[int | None, int | None] = (None, None)  # omp_get_thread_num, omp_get_num_threads
         if self._pool is not None:
             self._pool.GOMP_parallel.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
             self._pool.GOMP_parallel.restype = None
+            self._team = tuple(ctypes.cast(getattr(self._pool, f), ctypes.c_void_p).value
+                               for f in ("omp_get_thread_num", "omp_get_num_threads"))
         self._work = ctypes.cast(self._kernel.mnistlab_adam_bf16_work, ctypes.c_void_p)
         # One bf16 copy per fp32 master (a tied weight has one), kept in plain containers, not as submodules
         # or buffers: nothing here is part of a state_dict.
@@ -192,6 +195,8 @@ class Bf16Copies(nn.Module):
             if not state:  # Adam's own layout (fused: a float32 step tensor), so its state_dict is unchanged
                 state.update(step=torch.zeros((), dtype=torch.float32), exp_avg=torch.zeros_like(master),
                              exp_avg_sq=torch.zeros_like(master))
+            elif state["step"].dtype != torch.float32:  # loaded from a non-fused Adam under float64 defaults
+                state["step"] = state["step"].to(torch.float32)
             grad = copy.grad if copy.grad.stride() == copy.stride() else torch.empty_like(copy).copy_(copy.grad)
             _, structs, keep = by_group.setdefault(id(group), (group, [], []))
             structs.append(_Tensor(master.data_ptr(), state["exp_avg"].data_ptr(), state["exp_avg_sq"].data_ptr(),
@@ -203,22 +208,12 @@ class Bf16Copies(nn.Module):
             beta1, beta2 = group["betas"]
             step = _Step((_Tensor * len(structs))(*structs), len(structs), threads,
                          _decoupled(self.optimizer, group), float(group["lr"]), beta1, beta2, group["eps"],
-                         group["weight_decay"], 0)
+                         group["weight_decay"], *self._team)
             self._kernel.mnistlab_adam_bf16_begin(ctypes.byref(step))
             if self._pool is None:
                 self._kernel.mnistlab_adam_bf16_work(ctypes.byref(step))
             else:
                 self._pool.GOMP_parallel(self._work, ctypes.addressof(step), threads, 0)
-
-    @torch.no_grad()
-    def refresh(self) -> None:
-        """Copy the fp32 masters into the bf16 copies (after the masters were changed outside the step)."""
-        for master in self.masters:
-            self.copies[id(master)].copy_(master)
-
-    def remove(self) -> None:
-        """Stop updating from the copies: the optimizer's step is Adam's own again."""
-        self._hook.remove()
 
 
 def bf16_copies(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
