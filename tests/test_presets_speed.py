@@ -274,3 +274,36 @@ print(json.dumps([before, during, kept()]))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == [4_000_000, 0, 4_000_000]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+def test_a_training_mode_inside_a_run_leaves_the_runs_setting_alone():
+    """The floor is measured between epochs under its own cpu_training_mode: leaving it must not give the
+    allocator its defaults back mid-run (every later step would fault its large blocks in afresh, the step
+    slower from then on) nor turn flushing off; the outermost block restores both."""
+    code = """
+import json, resource, torch
+from mnistlab.training.device import cpu_training_mode, flushes_denormals
+
+def faults_per_step(steps=10):
+    out = []
+    for _ in range(steps):
+        r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = torch.empty(48 << 18).fill_(1.0)  # 48 MiB of float32
+        del block
+        out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
+    return out
+
+cpu = torch.device("cpu")
+with cpu_training_mode(cpu):
+    faults_per_step(20)
+    with cpu_training_mode(cpu):
+        pass
+    inside = faults_per_step(), flushes_denormals()
+after = faults_per_step(), flushes_denormals()
+print(json.dumps([inside, after]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    (inside, flushing), (after, flushing_after) = json.loads(out)
+    assert max(inside) < 50 and flushing, inside
+    assert after[0] > 10_000 and not flushing_after, after
