@@ -221,16 +221,9 @@ def test_fast_preset_on_cuda_graphs(mnist_dir):
     assert r.config.cuda_graphs and r.test_acc > 98.5 and r.history[0]["train_acc"] > 90
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
-def test_keep_freed_memory_stops_the_per_step_page_faults():
-    """A large block freed and allocated again every step costs fresh zero-filled pages every time by default
-    (above 32 MiB glibc always maps a new block; below, whether it does depends on the heap's layout, which is
-    how the notebook's 11 MB gradient met it) and none in the steady state once the engine has told glibc to
-    keep freed memory, as fit() does on the CPU (after the heap has grown to a few blocks: memalign'd blocks
-    do not always fit the hole the last one left)."""
-    code = """
+# Run in a fresh process: how many minor page faults allocating and freeing a 48 MiB block costs, per step.
+FAULTS_PER_STEP = """
 import json, resource, torch
-from mnistlab.training.device import keep_freed_memory, release_freed_memory
 
 def faults_per_step(steps=10):
     out = []
@@ -240,6 +233,18 @@ def faults_per_step(steps=10):
         del block
         out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
     return out
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+def test_keep_freed_memory_stops_the_per_step_page_faults():
+    """A large block freed and allocated again every step costs fresh zero-filled pages every time by default
+    (above 32 MiB glibc always maps a new block; below, whether it does depends on the heap's layout, which is
+    how the notebook's 11 MB gradient met it) and none in the steady state once the engine has told glibc to
+    keep freed memory, as fit() does on the CPU (after the heap has grown to a few blocks: memalign'd blocks
+    do not always fit the hole the last one left)."""
+    code = FAULTS_PER_STEP + """
+from mnistlab.training.device import keep_freed_memory, release_freed_memory
 
 faults_per_step(2)
 before = faults_per_step()
@@ -281,18 +286,8 @@ def test_a_training_mode_inside_a_run_leaves_the_runs_setting_alone():
     """The floor is measured between epochs under its own cpu_training_mode: leaving it must not give the
     allocator its defaults back mid-run (every later step would fault its large blocks in afresh, the step
     slower from then on) nor turn flushing off; the outermost block restores both."""
-    code = """
-import json, resource, torch
+    code = FAULTS_PER_STEP + """
 from mnistlab.training.device import cpu_training_mode, flushes_denormals
-
-def faults_per_step(steps=10):
-    out = []
-    for _ in range(steps):
-        r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        block = torch.empty(48 << 18).fill_(1.0)  # 48 MiB of float32
-        del block
-        out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
-    return out
 
 cpu = torch.device("cpu")
 with cpu_training_mode(cpu):
