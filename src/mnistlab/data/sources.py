@@ -279,15 +279,18 @@ def get_spec(name: str) -> DatasetSpec:
         raise ConfigError(f"unknown dataset {name!r} (choose from {', '.join(SPECS)})") from None
 
 
+def cache_home() -> Path:
+    """mnistlab's cache: $XDG_CACHE_HOME/mnistlab, else ~/.cache/mnistlab."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mnistlab"
+
+
 def data_dir(override: str | Path | None = None) -> Path:
-    """The data root: `override`, else $MNISTLAB_DATA, else $XDG_CACHE_HOME/mnistlab, else ~/.cache/mnistlab."""
+    """The data root: `override`, else $MNISTLAB_DATA, else `cache_home()`."""
     if override:
         return Path(override).expanduser()
     if env := os.environ.get("MNISTLAB_DATA"):
         return Path(env).expanduser()
-    if xdg := os.environ.get("XDG_CACHE_HOME"):
-        return Path(xdg).expanduser() / "mnistlab"
-    return Path.home() / ".cache" / "mnistlab"
+    return cache_home()
 
 
 def dataset_dir(name: str = "mnist", root: str | Path | None = None) -> Path:

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mnistlab.data.sources import cache_home
 from mnistlab.files.runs import atomic_path
 from mnistlab.training.device import openmp_runtime
 
@@ -59,9 +60,8 @@ class _Step(ctypes.Structure):
 
 
 def kernel_dir() -> Path:
-    """Where built kernels are kept: $XDG_CACHE_HOME/mnistlab/kernels, else ~/.cache/mnistlab/kernels."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return root / "mnistlab" / "kernels"
+    """Where built kernels are kept: `kernels/` in mnistlab's cache (~/.cache/mnistlab unless $XDG_CACHE_HOME)."""
+    return cache_home() / "kernels"
 
 
 def _cpu_flags() -> str:
