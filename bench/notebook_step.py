@@ -10,7 +10,8 @@ convolutions in bf16 (bf16 inputs, fp32 accumulation and output: no conversion p
 Each has its own model and optimizer (same seed, same batches) and trains `--steps` steps of the engine per
 round, the variants taking turns round by round; each round also times the variant's floor (bench.floor,
 in its precision). Prints one Markdown row per variant: median ms per step, its floor, and the median over
-rounds of the step's ratio to its floor and to the fp32 step of the same round. On a CPU without native bf16
+rounds of the step's ratio to its floor and to the fp32 step of the same round; then round by round, the
+cores' cache-line round trip before it (`bench.cores`) and each variant's step / floor. On a CPU without native bf16
 (AVX512-BF16 or AMX) the autocast rows time bf16's emulation and the oneDNN row is fp32 again: only the fp32
 row means anything there. `--cpu-time` (with `--threads 1`) counts this process's CPU time instead of wall
 time, which drifts less on a shared machine.
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mnistlab.bench.cores import round_trip_ns
 from mnistlab.bench.floor import step_kernels, time_kernels
 from mnistlab.presets import resolve
 from mnistlab.training.bf16 import Bf16Copies
@@ -94,11 +96,13 @@ def main() -> None:
         kernels[name] = step_kernels(model, lambda p: make_optimizer(cfg, p, CPU), x, v.amp, v.copies)
     step_ms: dict[str, list[float]] = {name: [] for name in runs}
     floor_ms: dict[str, list[float]] = {name: [] for name in runs}
+    trips: list[float | None] = []  # the cores' cache-line round trip before each round (bench.cores)
     with cpu_training_mode(CPU):
         for name, (net, opt, step) in runs.items():  # warm-up: kernel selection, the allocator's first growth
             with onednn_precision(variants[name]):
                 train_epoch(net, opt, data.train, 0, None, step, [])
         for r in range(1, args.rounds + 1):
+            trips.append(round_trip_ns())
             for name, (net, opt, step) in runs.items():
                 with onednn_precision(variants[name]):
                     t0 = clock()
@@ -110,12 +114,17 @@ def main() -> None:
     print(f"{args.rounds} rounds of {args.steps} steps, {args.threads} threads, "
           f"{'CPU' if args.cpu_time else 'wall'} time; bf16 {native}\n")
     print("| variant | ms/step | floor (ms) | step / floor | vs fp32 |\n| --- | ---: | ---: | ---: | ---: |")
-    base = step_ms.get("fp32", [float("nan")] * args.rounds)
+    base = step_ms.get("fp32")
     for name in variants:  # ratios: the median of the rounds' side-by-side ratios
         to_floor = statistics.median(s / f for s, f in zip(step_ms[name], floor_ms[name], strict=True))
-        to_fp32 = statistics.median(s / f for s, f in zip(step_ms[name], base, strict=True))
+        to_fp32 = "-" if base is None else \
+            f"{statistics.median(s / f for s, f in zip(step_ms[name], base, strict=True)):.2f}x"
         print(f"| {name} | {statistics.median(step_ms[name]):.3f} | {statistics.median(floor_ms[name]):.3f} | "
-              f"{to_floor:.2f}x | {to_fp32:.2f}x |")
+              f"{to_floor:.2f}x | {to_fp32} |")
+    print("\nRound by round: the cores' round trip before it (ns), then each variant's step / floor")
+    for r, ns in enumerate(trips):
+        each = ", ".join(f"{step_ms[name][r] / floor_ms[name][r]:.2f}x" for name in variants)
+        print(f"{r + 1}: {'?' if ns is None else f'{ns:.0f}'} ns; {each}")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,9 @@ def test_bench_json_has_every_documented_key(quick):
     assert fl["step_ms"] == pytest.approx(1e3 * r["mnistlab"]["seconds_per_epoch"] / 20)
     assert fl["ratio"] == pytest.approx(fl["step_ms"] / fl["floor_ms"])  # one epoch: one floor
     assert len(fl["epochs"]) == 1 and fl["epochs"][0]["ratio"] == pytest.approx(fl["ratio"])
+    trips = fl["epochs"][0]["round_trip_ns"]  # the cores' round trip before the epoch and after its floor
+    assert len(trips) == 2 and all(isinstance(ns, float) and 0 < ns < 1e6 for ns in trips)
+    assert "round_trip_ns" not in fl  # per epoch only
     m = r["machine"]
     assert m["cpu"] and m["cores"] >= 1 and m["torch"] and "gpu" in m
     auto = amp_name(amp_dtype("auto", torch.device("cpu")))  # both mnistlab contenders run --amp auto
@@ -117,6 +120,8 @@ def test_bench_md_is_the_table(quick):
     assert text == markdown(r)
     assert "| mnistlab `notebook` preset |" in text and f"{r['speedup']:.2f}x" in text
     assert "| d1 grad-weight | 128x32 @ 32x21632 |" in text and f"**{r['floor']['ratio']:.2f}x** its floor" in text
+    before, after = r["floor"]["epochs"][0]["round_trip_ns"]
+    assert f"round trip before/after each epoch: {before:.0f}/{after:.0f} ns" in text
     auto = f"{r['machine']['amp_dtype']['mnistlab']} autocast" if r["machine"]["amp_dtype"]["mnistlab"] else "fp32"
     assert "| notebook pipeline (DataLoader, 2 workers) | fp32 |" in text
     assert f"| mnistlab `notebook` preset | {auto} |" in text and f"`fast` trained in {auto}." in text

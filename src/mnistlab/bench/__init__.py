@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mnistlab.bench.cores import round_trip_ns
 from mnistlab.bench.floor import step_floor
 from mnistlab.data import load_split
 from mnistlab.errors import ConfigError, MnistlabError
@@ -256,12 +257,14 @@ def race_contenders(opts: BenchOptions, log=print) -> dict[str, Any]:
         floors: list[dict[str, Any]] = []
         for e in range(1, opts.epochs + 1):
             for name, (proc, conn) in procs.items():
+                if name == "mnistlab":  # where the host has the cores as this epoch starts (bench.cores)
+                    before = round_trip_ns()
                 conn.send("epoch")
                 seconds[name].append(_recv(conn, proc)[1])
                 log(f"epoch {e}/{opts.epochs}  {name:9s} {seconds[name][-1]:7.2f} s")
             proc, conn = procs["mnistlab"]
             conn.send("floor")
-            floors.append(_recv(conn, proc)[1])
+            floors.append(_recv(conn, proc)[1] | {"round_trip_ns": [before, round_trip_ns()]})
         out: dict[str, Any] = {}
         for name, (proc, conn) in procs.items():
             conn.send("finish")
@@ -283,14 +286,17 @@ def race_contenders(opts: BenchOptions, log=print) -> dict[str, Any]:
 def floor_summary(floors: list[dict[str, Any]], epoch_seconds: list[float]) -> dict[str, Any]:
     """One floor from those measured after each epoch: each kernel's median over them and their sum
     (`floor_ms`), the mean step (`step_ms`), and per epoch that epoch's step against the floor measured right
-    after it (`epochs`); `ratio` is the median of those ratios."""
+    after it (`epochs`, each with `round_trip_ns`: the cores' round trip before the epoch and after its floor,
+    `cores.round_trip_ns`); `ratio` is the median of those ratios."""
     steps = floors[0]["steps_per_epoch"]
     kernels = {name: statistics.median(f["kernels"][name] for f in floors) for name in floors[0]["kernels"]}
-    per_epoch = [{"step_ms": 1e3 * s / steps, "floor_ms": f["floor_ms"], "ratio": 1e3 * s / steps / f["floor_ms"]}
+    per_epoch = [{"step_ms": 1e3 * s / steps, "floor_ms": f["floor_ms"], "ratio": 1e3 * s / steps / f["floor_ms"],
+                  "round_trip_ns": f.get("round_trip_ns", [None, None])}
                  for s, f in zip(epoch_seconds, floors, strict=True)]
-    return floors[0] | {"kernels": kernels, "floor_ms": sum(kernels.values()),
-                        "step_ms": 1e3 * statistics.fmean(epoch_seconds) / steps,
-                        "ratio": statistics.median(e["ratio"] for e in per_epoch), "epochs": per_epoch}
+    first = {k: v for k, v in floors[0].items() if k != "round_trip_ns"}
+    return first | {"kernels": kernels, "floor_ms": sum(kernels.values()),
+                    "step_ms": 1e3 * statistics.fmean(epoch_seconds) / steps,
+                    "ratio": statistics.median(e["ratio"] for e in per_epoch), "epochs": per_epoch}
 
 
 def time_fast_preset(opts: BenchOptions) -> dict[str, Any]:
@@ -405,10 +411,13 @@ def floor_markdown(fl: dict[str, Any]) -> list[str]:
              "| kernel | shapes | ms |", "| --- | --- | ---: |"]
     lines += [f"| {name} | {fl['shapes'][name]} | {ms:.3f} |" for name, ms in fl["kernels"].items()]
     each = ", ".join(f"{e['ratio']:.2f}x" for e in fl["epochs"])
+    trips = ", ".join("/".join("?" if ns is None else f"{ns:.0f}" for ns in e.get("round_trip_ns", [None, None]))
+                      for e in fl["epochs"])
     lines += [f"| **floor** | | **{fl['floor_ms']:.3f}** |", "",
               f"Step: {fl['step_ms']:.3f} ms (the epochs' mean wall time over their {fl['steps_per_epoch']} steps). "
               f"Each epoch's step against the floor measured right after it: {each}; median **{fl['ratio']:.2f}x** "
-              "its floor."]
+              f"its floor. The cores' cache-line round trip before/after each epoch: {trips} ns "
+              "(tens of ns: the two threads share a last-level cache; hundreds: they do not)."]
     return lines
 
 

@@ -23,23 +23,18 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mnistlab.data.sources import cache_home
-from mnistlab.files.runs import atomic_path
+from mnistlab import native
 from mnistlab.training.device import openmp_runtime
 
 SOURCE = Path(__file__).with_name("adam_bf16.c")
 # -march=native: the library is built for (and cached per) the CPU it runs on.
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
-BUILD_SECONDS = 120
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno"]
 
 
 class _Tensor(ctypes.Structure):
@@ -57,19 +52,6 @@ class _Step(ctypes.Structure):
                 ("decoupled", ctypes.c_int), ("lr", ctypes.c_double), ("beta1", ctypes.c_double),
                 ("beta2", ctypes.c_double), ("eps", ctypes.c_double), ("weight_decay", ctypes.c_double),
                 ("thread_num", ctypes.c_void_p), ("num_threads", ctypes.c_void_p)]
-
-
-def kernel_dir() -> Path:
-    """Where built kernels are kept: `kernels/` in mnistlab's cache (~/.cache/mnistlab unless $XDG_CACHE_HOME)."""
-    return cache_home() / "kernels"
-
-
-def _cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return ""
 
 
 @functools.cache
@@ -92,18 +74,7 @@ def kernel_problem() -> str | None:
 
 
 def _load() -> ctypes.CDLL:
-    cc = shutil.which(os.environ.get("CC", "cc"))
-    if cc is None:
-        raise OSError(f"no C compiler ({os.environ.get('CC', 'cc')}) on PATH")
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
-    lib = kernel_dir() / f"adam_bf16-{key}.so"
-    if not lib.exists():
-        with atomic_path(lib) as tmp:
-            done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(SOURCE), "-lm"], capture_output=True,
-                                  text=True, timeout=BUILD_SECONDS)
-            if done.returncode != 0:
-                raise OSError(f"{Path(cc).name} could not build {SOURCE.name}: {done.stderr.strip()[:300]}")
-    dll = ctypes.CDLL(str(lib))
+    dll = native.build(SOURCE, FLAGS, ["-lm"])
     dll.mnistlab_adam_bf16_begin.argtypes = [ctypes.POINTER(_Step)]
     dll.mnistlab_adam_bf16_work.argtypes = [ctypes.c_void_p]
     for f in (dll.mnistlab_adam_bf16_begin, dll.mnistlab_adam_bf16_work):
