@@ -15,7 +15,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from mnistlab import native
+from mnistlab.files import native
 
 SOURCE = Path(__file__).with_name("round_trip.c")
 TRIPS = 100_000  # about 10-40 ms

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mnistlab import native
+from mnistlab.files import native
 from mnistlab.training.device import openmp_runtime
 
 SOURCE = Path(__file__).with_name("adam_bf16.c")
