@@ -256,8 +256,9 @@ def race_contenders(opts: BenchOptions, log=print) -> dict[str, Any]:
         seconds: dict[str, list[float]] = {name: [] for name in CONTENDERS}
         floors: list[dict[str, Any]] = []
         for e in range(1, opts.epochs + 1):
+            before = None  # where the host has the cores as mnistlab's epoch starts (bench.cores)
             for name, (proc, conn) in procs.items():
-                if name == "mnistlab":  # where the host has the cores as this epoch starts (bench.cores)
+                if name == "mnistlab":
                     before = round_trip_ns()
                 conn.send("epoch")
                 seconds[name].append(_recv(conn, proc)[1])
