@@ -418,7 +418,7 @@ def floor_markdown(fl: dict[str, Any]) -> list[str]:
               f"Step: {fl['step_ms']:.3f} ms (the epochs' mean wall time over their {fl['steps_per_epoch']} steps). "
               f"Each epoch's step against the floor measured right after it: {each}; median **{fl['ratio']:.2f}x** "
               f"its floor. The cores' cache-line round trip before/after each epoch: {trips} ns "
-              "(tens of ns: the two threads share a last-level cache; hundreds: they do not)."]
+              "(about 100 ns or less: the two threads share a last-level cache; several hundred: they do not)."]
     return lines
 
 

@@ -2,9 +2,10 @@
  *
  * Two threads, each pinned to its CPU, pass a flag back and forth `trips` times after 1,000 untimed trips,
  * for half a second at most (two CPUs that take turns on one core would otherwise spin a time slice per
- * trip); the result is the mean nanoseconds of one timed round trip, or -1 where a thread cannot be pinned. Cores that share a last-level cache answer in tens of nanoseconds; cores that do not (another
- * chiplet, another socket) take several times longer, and so does every cache line a multi-threaded step
- * hands from one core to the other.
+ * trip); the result is the mean nanoseconds of one timed round trip, or -1 where a thread cannot be pinned.
+ * Cores that share a last-level cache answer in about a hundred nanoseconds or less; cores that do not
+ * (another chiplet, another socket) take several times longer, and so does every cache line a
+ * multi-threaded step hands from one core to the other.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
