@@ -11,9 +11,9 @@ Each has its own model and optimizer (same seed, same batches) and trains `--ste
 round, the variants taking turns round by round; each round also times the variant's floor (bench.floor,
 in its precision). Prints one Markdown row per variant: median ms per step, its floor, and the median over
 rounds of the step's ratio to its floor and to the fp32 step of the same round; then round by round, the
-cores' cache-line round trip before it (`bench.cores`) and each variant's step / floor. On a CPU without native bf16
-(AVX512-BF16 or AMX) the autocast rows time bf16's emulation and the oneDNN row is fp32 again: only the fp32
-row means anything there. `--cpu-time` (with `--threads 1`) counts this process's CPU time instead of wall
+cores' cache-line round trip before it (`bench.cores`) and each variant's step / floor. On a CPU without
+native bf16 (AVX512-BF16 or AMX) the autocast rows time bf16's emulation and the oneDNN row is fp32 again:
+only the fp32 row means anything there. `--cpu-time` (with `--threads 1`) counts this process's CPU time instead of wall
 time, which drifts less on a shared machine.
 """
 

@@ -255,6 +255,7 @@ def race_contenders(opts: BenchOptions, log=print) -> dict[str, Any]:
         n = {name: _recv(conn, proc)[1] for name, (proc, conn) in procs.items()}
         seconds: dict[str, list[float]] = {name: [] for name in CONTENDERS}
         floors: list[dict[str, Any]] = []
+        trips: list[list[float | None]] = []  # the cores' round trip before each epoch and after its floor
         for e in range(1, opts.epochs + 1):
             before = None  # where the host has the cores as mnistlab's epoch starts (bench.cores)
             for name, (proc, conn) in procs.items():
@@ -265,7 +266,8 @@ def race_contenders(opts: BenchOptions, log=print) -> dict[str, Any]:
                 log(f"epoch {e}/{opts.epochs}  {name:9s} {seconds[name][-1]:7.2f} s")
             proc, conn = procs["mnistlab"]
             conn.send("floor")
-            floors.append(_recv(conn, proc)[1] | {"round_trip_ns": [before, round_trip_ns()]})
+            floors.append(_recv(conn, proc)[1])
+            trips.append([before, round_trip_ns()])
         out: dict[str, Any] = {}
         for name, (proc, conn) in procs.items():
             conn.send("finish")
@@ -280,24 +282,24 @@ def race_contenders(opts: BenchOptions, log=print) -> dict[str, Any]:
             if proc.is_alive():
                 proc.kill()
     out["speedup"] = out["reference"]["seconds_per_epoch"] / out["mnistlab"]["seconds_per_epoch"]
-    out["floor"] = floor_summary(floors, seconds["mnistlab"])
+    out["floor"] = floor_summary(floors, seconds["mnistlab"], trips)
     return out
 
 
-def floor_summary(floors: list[dict[str, Any]], epoch_seconds: list[float]) -> dict[str, Any]:
+def floor_summary(floors: list[dict[str, Any]], epoch_seconds: list[float],
+                  round_trips: list[list[float | None]] | None = None) -> dict[str, Any]:
     """One floor from those measured after each epoch: each kernel's median over them and their sum
     (`floor_ms`), the mean step (`step_ms`), and per epoch that epoch's step against the floor measured right
-    after it (`epochs`, each with `round_trip_ns`: the cores' round trip before the epoch and after its floor,
-    `cores.round_trip_ns`); `ratio` is the median of those ratios."""
+    after it (`epochs`, each with `round_trip_ns`: the cores' round trip before the epoch and after its floor
+    from `round_trips`, `cores.round_trip_ns`); `ratio` is the median of those ratios."""
     steps = floors[0]["steps_per_epoch"]
     kernels = {name: statistics.median(f["kernels"][name] for f in floors) for name in floors[0]["kernels"]}
     per_epoch = [{"step_ms": 1e3 * s / steps, "floor_ms": f["floor_ms"], "ratio": 1e3 * s / steps / f["floor_ms"],
-                  "round_trip_ns": f.get("round_trip_ns", [None, None])}
-                 for s, f in zip(epoch_seconds, floors, strict=True)]
-    first = {k: v for k, v in floors[0].items() if k != "round_trip_ns"}
-    return first | {"kernels": kernels, "floor_ms": sum(kernels.values()),
-                    "step_ms": 1e3 * statistics.fmean(epoch_seconds) / steps,
-                    "ratio": statistics.median(e["ratio"] for e in per_epoch), "epochs": per_epoch}
+                  "round_trip_ns": ns}
+                 for s, f, ns in zip(epoch_seconds, floors, round_trips or [[None, None]] * len(floors), strict=True)]
+    return floors[0] | {"kernels": kernels, "floor_ms": sum(kernels.values()),
+                        "step_ms": 1e3 * statistics.fmean(epoch_seconds) / steps,
+                        "ratio": statistics.median(e["ratio"] for e in per_epoch), "epochs": per_epoch}
 
 
 def time_fast_preset(opts: BenchOptions) -> dict[str, Any]:

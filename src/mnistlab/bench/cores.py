@@ -1,10 +1,11 @@
 """How far apart the cores under this machine's CPUs are, measured: the round trip of one cache line.
 
 A virtual machine's vCPUs run wherever its host puts them, and the host moves them. Two that land on cores
-sharing a last-level cache pass a cache line back and forth in a hundred nanoseconds or less; two on different chiplets
-or sockets take several times longer, and so does every cache line that a step run by two threads hands from
-one to the other (a kernel's output read by the next kernel, split between the threads differently), which a
-kernel repeated alone does not pay. `mnistlab bench` records it around every epoch for that reason.
+sharing a last-level cache pass a cache line back and forth in a hundred nanoseconds or less; two on
+different chiplets or sockets take several times longer, and so does every cache line that a step run by two
+threads hands from one to the other (a kernel's output read by the next kernel, split between the threads
+differently), which a kernel repeated alone does not pay. `mnistlab bench` records it around every epoch
+for that reason.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
-#include <stdint.h>
 #include <time.h>
 
 #define BUDGET_NS 5e8
@@ -80,8 +79,7 @@ double mnistlab_round_trip_ns(int cpu_a, int cpu_b, long trips) {
     g->ns = -1;
     if (pthread_barrier_init(&g->ready, NULL, 2) != 0) return -1;
     pthread_t a, b;
-    int started_a = pthread_create(&a, NULL, serve, g) == 0;
-    if (!started_a) {
+    if (pthread_create(&a, NULL, serve, g) != 0) {
         pthread_barrier_destroy(&g->ready);
         return -1;
     }
