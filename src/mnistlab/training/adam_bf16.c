@@ -81,7 +81,8 @@ void mnistlab_adam_bf16_begin(Step *s) {
 /* Run by every thread of a team (an OpenMP parallel region of torch's pool), or by the caller alone: part i
  * is the i-th 16-element-aligned share of every tensor, and thread t of n takes parts t, t + n, ...: the same
  * thread takes the same share every step, as torch's kernels do, so a share stays in the cache of the core
- * that last wrote it. */
+ * that last wrote it (handing parts out as threads come free measured 4-15% slower a step where the two
+ * cores do not share a last-level cache). */
 void mnistlab_adam_bf16_work(void *arg) {
     const Step *s = arg;
     int t = s->thread_num ? s->thread_num() : 0, n = s->num_threads ? s->num_threads() : 1;
