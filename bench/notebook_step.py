@@ -2,16 +2,15 @@
 
     python bench/notebook_step.py [--rounds 10] [--steps 100] [--threads N] [--cpu-time] [--variant NAME ...]
 
-Variants: fp32; plain bf16 autocast (every forward casts the fp32 weights, every backward casts their
-gradients back); bf16 autocast from bf16 weight copies with the fused update, as `mnistlab train` runs it
-where the fused kernel builds (`training.bf16`); fp32 tensors with oneDNN computing the matmuls and
+Variants: fp32; bf16 autocast, as `mnistlab train` runs it (every forward casts the fp32 weights, every
+backward casts their gradients back); fp32 tensors with oneDNN computing the matmuls and
 convolutions in bf16 (bf16 inputs, fp32 accumulation and output: no conversion passes, no bf16 gradients;
 `torch.backends.mkldnn.*.fp32_precision`).
 Each has its own model and optimizer (same seed, same batches) and trains `--steps` steps of the engine per
 round, the variants taking turns round by round; each round also times the variant's floor (bench.floor,
 in its precision). Prints one Markdown row per variant: median ms per step, its floor, and the median over
-rounds of the step's ratio to its floor and to the fp32 step of the same round; then round by round, the
-cores' cache-line round trip before it (`bench.cores`) and each variant's step / floor. On a CPU without
+rounds of the step's ratio to its floor and to the fp32 step of the same round; then round by round, each
+variant's step / floor. On a CPU without
 native bf16 (AVX512-BF16 or AMX) the autocast rows time bf16's emulation and the oneDNN row is fp32 again:
 only the fp32 row means anything there. `--cpu-time` (with `--threads 1`) counts this process's CPU time instead of wall
 time, which drifts less on a shared machine.
@@ -28,10 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mnistlab.bench.cores import round_trip_ns
 from mnistlab.bench.floor import step_kernels, time_kernels
 from mnistlab.presets import resolve
-from mnistlab.training.bf16 import Bf16Copies
 from mnistlab.training.device import cpu_supports_bf16, cpu_training_mode
 from mnistlab.training.engine import StepOptions, train_epoch
 from mnistlab.training.optim import make_optimizer
@@ -43,14 +40,12 @@ CPU = torch.device("cpu")
 @dataclass(frozen=True)
 class Variant:
     amp: torch.dtype | None = None  # autocast dtype
-    copies: bool = False  # trained from bf16 weight copies with the fused update (Bf16Copies)
     onednn_bf16: bool = False  # fp32 tensors, oneDNN's matmuls and convolutions computing in bf16
 
 
 VARIANTS = {
     "fp32": Variant(),
     "bf16 autocast": Variant(torch.bfloat16),
-    "bf16 copies, fused update": Variant(torch.bfloat16, copies=True),
     "fp32, oneDNN bf16 products": Variant(onednn_bf16=True),
 }
 
@@ -92,17 +87,15 @@ def main() -> None:
     for name, v in variants.items():
         model = build(cfg, CPU)
         opt = make_optimizer(cfg, model.parameters(), CPU)
-        runs[name] = (Bf16Copies(model, opt) if v.copies else model, opt, StepOptions(amp=v.amp))
-        kernels[name] = step_kernels(model, lambda p: make_optimizer(cfg, p, CPU), x, v.amp, v.copies)
+        runs[name] = (model, opt, StepOptions(amp=v.amp))
+        kernels[name] = step_kernels(model, lambda p: make_optimizer(cfg, p, CPU), x, v.amp)
     step_ms: dict[str, list[float]] = {name: [] for name in runs}
     floor_ms: dict[str, list[float]] = {name: [] for name in runs}
-    trips: list[float | None] = []  # the cores' cache-line round trip before each round (bench.cores)
     with cpu_training_mode(CPU):
         for name, (net, opt, step) in runs.items():  # warm-up: kernel selection, the allocator's first growth
             with onednn_precision(variants[name]):
                 train_epoch(net, opt, data.train, 0, None, step, [])
         for r in range(1, args.rounds + 1):
-            trips.append(round_trip_ns())
             for name, (net, opt, step) in runs.items():
                 with onednn_precision(variants[name]):
                     t0 = clock()
@@ -121,10 +114,10 @@ def main() -> None:
             f"{statistics.median(s / f for s, f in zip(step_ms[name], base, strict=True)):.2f}x"
         print(f"| {name} | {statistics.median(step_ms[name]):.3f} | {statistics.median(floor_ms[name]):.3f} | "
               f"{to_floor:.2f}x | {to_fp32} |")
-    print("\nRound by round: the cores' round trip before it (ns), then each variant's step / floor")
-    for r, ns in enumerate(trips):
+    print("\nRound by round, each variant's step / floor")
+    for r in range(args.rounds):
         each = ", ".join(f"{step_ms[name][r] / floor_ms[name][r]:.2f}x" for name in variants)
-        print(f"{r + 1}: {'?' if ns is None else f'{ns:.0f}'} ns; {each}")
+        print(f"{r + 1}: {each}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mnistlab.bench.cores import round_trip_ns
 from mnistlab.bench.floor import step_floor
 from mnistlab.data import load_split
 from mnistlab.errors import ConfigError, MnistlabError
@@ -44,7 +43,6 @@ from mnistlab.files.checkpoints import model_metadata, save_safetensors
 from mnistlab.files.runs import atomic_write, cpu_model, write_json
 from mnistlab.models import NotebookNet, unwrap
 from mnistlab.presets import Config, resolve
-from mnistlab.training.bf16 import Bf16Copies
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, pick_device
 from mnistlab.training.engine import Callback
 from mnistlab.training.optim import make_optimizer
@@ -146,7 +144,7 @@ class _Driven(Callback):
         self.amp = amp_dtype(cfg.amp, self.device)  # what train() chooses for this Config here
 
     def on_train_start(self, model, optimizer, train) -> None:
-        self.model, self.train, self.copies = unwrap(model), train, isinstance(model, Bf16Copies)
+        self.model, self.train = unwrap(model), train
         self.conn.send(("ready", train.num_samples))
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
@@ -164,9 +162,8 @@ class _Driven(Callback):
         """The floor of this contender's step and its steps per epoch."""
         x, _ = self.train.batch(self.train.shard(1)[0][0])  # one full batch of the step's size
         out = step_floor(self.model, lambda params: make_optimizer(self.cfg, params, self.device), x, self.amp,
-                         copies=self.copies, reps=self.floor_reps)
-        return out | {"amp": str(self.amp or torch.float32).removeprefix("torch."), "bf16_copies": self.copies,
-                      "batch_size": len(x),
+                         reps=self.floor_reps)
+        return out | {"amp": str(self.amp or torch.float32).removeprefix("torch."), "batch_size": len(x),
                       "steps_per_epoch": len(self.train), "threads": torch.get_num_threads()}
 
 
@@ -255,19 +252,14 @@ def race_contenders(opts: BenchOptions, log=print) -> dict[str, Any]:
         n = {name: _recv(conn, proc)[1] for name, (proc, conn) in procs.items()}
         seconds: dict[str, list[float]] = {name: [] for name in CONTENDERS}
         floors: list[dict[str, Any]] = []
-        trips: list[list[float | None]] = []  # the cores' round trip before each epoch and after its floor
         for e in range(1, opts.epochs + 1):
-            before = None  # where the host has the cores as mnistlab's epoch starts (bench.cores)
             for name, (proc, conn) in procs.items():
-                if name == "mnistlab":
-                    before = round_trip_ns()
                 conn.send("epoch")
                 seconds[name].append(_recv(conn, proc)[1])
                 log(f"epoch {e}/{opts.epochs}  {name:9s} {seconds[name][-1]:7.2f} s")
             proc, conn = procs["mnistlab"]
             conn.send("floor")
             floors.append(_recv(conn, proc)[1])
-            trips.append([before, round_trip_ns()])
         out: dict[str, Any] = {}
         for name, (proc, conn) in procs.items():
             conn.send("finish")
@@ -282,21 +274,18 @@ def race_contenders(opts: BenchOptions, log=print) -> dict[str, Any]:
             if proc.is_alive():
                 proc.kill()
     out["speedup"] = out["reference"]["seconds_per_epoch"] / out["mnistlab"]["seconds_per_epoch"]
-    out["floor"] = floor_summary(floors, seconds["mnistlab"], trips)
+    out["floor"] = floor_summary(floors, seconds["mnistlab"])
     return out
 
 
-def floor_summary(floors: list[dict[str, Any]], epoch_seconds: list[float],
-                  round_trips: list[list[float | None]] | None = None) -> dict[str, Any]:
+def floor_summary(floors: list[dict[str, Any]], epoch_seconds: list[float]) -> dict[str, Any]:
     """One floor from those measured after each epoch: each kernel's median over them and their sum
     (`floor_ms`), the mean step (`step_ms`), and per epoch that epoch's step against the floor measured right
-    after it (`epochs`, each with `round_trip_ns`: the cores' round trip before the epoch and after its floor
-    from `round_trips`, `cores.round_trip_ns`); `ratio` is the median of those ratios."""
+    after it (`epochs`); `ratio` is the median of those ratios."""
     steps = floors[0]["steps_per_epoch"]
     kernels = {name: statistics.median(f["kernels"][name] for f in floors) for name in floors[0]["kernels"]}
-    per_epoch = [{"step_ms": 1e3 * s / steps, "floor_ms": f["floor_ms"], "ratio": 1e3 * s / steps / f["floor_ms"],
-                  "round_trip_ns": ns}
-                 for s, f, ns in zip(epoch_seconds, floors, round_trips or [[None, None]] * len(floors), strict=True)]
+    per_epoch = [{"step_ms": 1e3 * s / steps, "floor_ms": f["floor_ms"], "ratio": 1e3 * s / steps / f["floor_ms"]}
+                 for s, f in zip(epoch_seconds, floors, strict=True)]
     return floors[0] | {"kernels": kernels, "floor_ms": sum(kernels.values()),
                         "step_ms": 1e3 * statistics.fmean(epoch_seconds) / steps,
                         "ratio": statistics.median(e["ratio"] for e in per_epoch), "epochs": per_epoch}
@@ -408,19 +397,15 @@ def markdown(r: dict[str, Any]) -> str:
 
 def floor_markdown(fl: dict[str, Any]) -> list[str]:
     """The floor of the mnistlab step as a table, and the step's ratio to it."""
-    precision = f"{fl['amp']}{' from bf16 weight copies' if fl.get('bf16_copies') else ''}"
-    lines = [f"Floor of the mnistlab step ({precision}, batch {fl['batch_size']}, torch threads {fl['threads']}; "
+    lines = [f"Floor of the mnistlab step ({fl['amp']}, batch {fl['batch_size']}, torch threads {fl['threads']}; "
              "each kernel alone, the median of its calls; measured after each epoch, the median over them):", "",
              "| kernel | shapes | ms |", "| --- | --- | ---: |"]
     lines += [f"| {name} | {fl['shapes'][name]} | {ms:.3f} |" for name, ms in fl["kernels"].items()]
     each = ", ".join(f"{e['ratio']:.2f}x" for e in fl["epochs"])
-    trips = ", ".join("/".join("?" if ns is None else f"{ns:.0f}" for ns in e.get("round_trip_ns", [None, None]))
-                      for e in fl["epochs"])
     lines += [f"| **floor** | | **{fl['floor_ms']:.3f}** |", "",
               f"Step: {fl['step_ms']:.3f} ms (the epochs' mean wall time over their {fl['steps_per_epoch']} steps). "
               f"Each epoch's step against the floor measured right after it: {each}; median **{fl['ratio']:.2f}x** "
-              f"its floor. The cores' cache-line round trip before/after each epoch: {trips} ns "
-              "(about 100 ns or less: the two threads share a last-level cache; several hundred: they do not)."]
+              f"its floor."]
     return lines
 
 

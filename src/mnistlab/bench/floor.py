@@ -12,9 +12,7 @@ Under autocast the weights stay fp32 masters, and the floor counts what that cos
 two conversions per step, as kernels of their own: each layer's weight and bias cast to the autocast dtype
 for its products, and each of their gradients cast back to fp32 for the optimizer (no PyTorch CPU product
 writes fp32 from bf16 operands, and the fp32-output alternative, oneDNN's bf16 products on fp32 tensors, is
-slower than the product plus the cast on a CPU with native bf16). Trained from bf16 copies (`copies`:
-`training.bf16.Bf16Copies`), no conversion: the optimizer's kernel is the fused update, which reads the bf16
-gradients and writes the bf16 copies besides the fp32 masters and Adam's moments.
+slower than the product plus the cast on a CPU with native bf16).
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnistlab.training.bf16 import Bf16Copies
 from mnistlab.training.device import autocast, cpu_training_mode
 
 MakeOptimizer = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]  # parameters -> the step's optimizer
@@ -116,23 +113,6 @@ def optimizer_kernel(model: nn.Module, make_optimizer: MakeOptimizer) -> Kernel:
     return Kernel(f"{type(opt).__name__}{fused}, {n:,} parameters", opt.step)
 
 
-def fused_update_kernel(model: nn.Module, make_optimizer: MakeOptimizer) -> Kernel:
-    """`optimizer.step()` of `Bf16Copies` over a copy of the model: the fused update from bf16 gradients
-    (set afresh before each call, as backward leaves them) to fp32 masters, moments and bf16 copies."""
-    net = copy.deepcopy(model)
-    opt = make_optimizer(net.parameters())
-    copies = list(Bf16Copies(net, opt).copies.values())
-    grads = [(torch.randn(c.shape) * 1e-3).to(c.dtype) for c in copies]
-
-    def run() -> None:
-        for c, g in zip(copies, grads, strict=True):
-            c.grad = g
-        opt.step()
-
-    n = sum(c.numel() for c in copies)
-    return Kernel(f"{type(opt).__name__} fused with the bf16 copies, {n:,} parameters", run)
-
-
 def time_kernels(kernels: dict[str, Kernel], device: torch.device, *, reps: int, warmup: int,
                  clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median milliseconds of one call of each kernel: `warmup` untimed calls each, then `reps` timed ones,
@@ -165,9 +145,9 @@ def master_kernels(layers: Iterable[nn.Module], amp: torch.dtype) -> dict[str, K
 
 
 def step_kernels(model: nn.Module, make_optimizer: MakeOptimizer, x: torch.Tensor,
-                 amp: torch.dtype | None, copies: bool = False) -> dict[str, Kernel]:
+                 amp: torch.dtype | None) -> dict[str, Kernel]:
     """The kernels of one training step of (a copy of) `model` on the batch `x`: each layer's products, the
-    master-weight conversions under plain autocast, and "optimizer" last (the fused update with `copies`)."""
+    master-weight conversions under autocast, and "optimizer" last."""
     model = copy.deepcopy(model).train()
     kernels: dict[str, Kernel] = {}
     modules = dict(model.named_modules())
@@ -175,9 +155,6 @@ def step_kernels(model: nn.Module, make_optimizer: MakeOptimizer, x: torch.Tenso
     for name, inp in inputs.items():
         m = modules[name]
         kernels.update((linear_kernels if isinstance(m, nn.Linear) else conv_kernels)(name, m, inp, amp))
-    if copies:
-        kernels["optimizer"] = fused_update_kernel(model, make_optimizer)
-        return kernels
     if amp is not None:
         kernels.update(master_kernels((modules[name] for name in inputs), amp))
     kernels["optimizer"] = optimizer_kernel(model, make_optimizer)
@@ -185,11 +162,11 @@ def step_kernels(model: nn.Module, make_optimizer: MakeOptimizer, x: torch.Tenso
 
 
 def step_floor(model: nn.Module, make_optimizer: MakeOptimizer, x: torch.Tensor, amp: torch.dtype | None, *,
-               copies: bool = False, reps: int = 100, warmup: int = 10) -> dict[str, object]:
-    """The floor of a training step of `model` on the batch `x` in precision `amp` (None = the weights'),
-    trained from bf16 copies if `copies`: `kernels` (name -> median ms), `shapes` (name -> what it
+               reps: int = 100, warmup: int = 10) -> dict[str, object]:
+    """The floor of a training step of `model` on the batch `x` in precision `amp` (None = the weights'):
+    `kernels` (name -> median ms), `shapes` (name -> what it
     computes), `floor_ms` (their sum). `model` is left untouched: the kernels run on copies."""
-    kernels = step_kernels(model, make_optimizer, x, amp, copies)
+    kernels = step_kernels(model, make_optimizer, x, amp)
     with cpu_training_mode(x.device):  # the floating-point mode steps run in (flush-to-zero on the CPU)
         ms = time_kernels(kernels, x.device, reps=reps, warmup=warmup)
     return {"kernels": ms, "shapes": {name: k.shapes for name, k in kernels.items()},

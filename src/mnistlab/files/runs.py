@@ -132,11 +132,9 @@ def remove_partial_files(run_dir: str | Path) -> list[Path]:
 
 
 def environment(device: torch.device, world_size: int = 1, backend: str | None = None,
-                amp_dtype: str | None = None, cpu_native_bf16: bool | None = None,
-                bf16_copies: bool = False) -> dict[str, Any]:
+                amp_dtype: str | None = None, cpu_native_bf16: bool | None = None) -> dict[str, Any]:
     """What a run ran on: versions, device, threads, git commit, and the precision it trained in:
-    `amp_dtype` ("bf16" | "fp16" | None for fp32; evaluation is always fp32), `cpu_native_bf16`, and
-    `bf16_copies` (trained from bf16 weight copies with the fused update, `training.bf16`)."""
+    `amp_dtype` ("bf16" | "fp16" | None for fp32; evaluation is always fp32) and `cpu_native_bf16`."""
     env: dict[str, Any] = {
         "mnistlab": __version__,
         "python": platform.python_version(),
@@ -151,7 +149,6 @@ def environment(device: torch.device, world_size: int = 1, backend: str | None =
         "backend": backend,
         "amp_dtype": amp_dtype,
         "cpu_native_bf16": cpu_native_bf16,
-        "bf16_copies": bf16_copies,
         "git_commit": git_commit(),
     }
     if torch.cuda.is_available():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 
@@ -51,15 +52,17 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-def openmp_runtime() -> ctypes.CDLL | None:
+def _openmp_runtime() -> ctypes.CDLL | None:
     """The OpenMP runtime torch runs its CPU thread pool on (libgomp, or LLVM's libomp with its GOMP entry
-    points), found among the libraries this process has loaded; None where there is none to find."""
+    points), among the libraries this process has already loaded: torch's own copy first (torch/lib), then any
+    other; None where there is none to find. Nothing new is loaded: the handle is to a mapped library."""
     try:
         with open("/proc/self/maps") as maps:
             paths = {line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]}
     except OSError:
         return None
-    for path in sorted(paths):
+    torch_lib = str(Path(torch.__file__).parent / "lib")
+    for path in sorted(paths, key=lambda p: (not p.startswith(torch_lib), p)):
         try:
             lib = ctypes.CDLL(path)
             lib.GOMP_parallel  # noqa: B018 - the entry point used below
@@ -76,7 +79,7 @@ def set_flush_denormal_everywhere(on: bool) -> None:
     each asked to set theirs in one OpenMP parallel region of the pool's size (they run torch's kernels).
     """
     torch.set_flush_denormal(on)
-    gomp = openmp_runtime()
+    gomp = _openmp_runtime()
     if gomp is None:
         return
     callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: torch.set_flush_denormal(on))
@@ -166,12 +169,10 @@ def amp_name(dtype: torch.dtype | None) -> str | None:
     return None if dtype is None else AMP_NAMES[dtype]
 
 
-def describe_precision(amp: str, dtype: torch.dtype | None, device: torch.device, copies: bool = False) -> str:
-    """One line for the start of a run: what training computes in (`dtype`, from `amp` on `device`; from
-    bf16 weight copies if `copies`), and that evaluation is fp32."""
+def describe_precision(amp: str, dtype: torch.dtype | None, device: torch.device) -> str:
+    """One line for the start of a run: what training computes in (`dtype`, from `amp` on `device`), and
+    that evaluation is fp32."""
     trains = "fp32" if dtype is None else f"{amp_name(dtype)} autocast"
-    if copies:
-        trains += " from bf16 weight copies"
     where = device.type
     if device.type == "cpu":
         where += " with native bf16" if cpu_supports_bf16() else " without native bf16"

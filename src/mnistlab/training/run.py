@@ -30,7 +30,6 @@ from mnistlab.models import build_model
 from mnistlab.presets import Config, resolve
 from mnistlab.training import distributed, tensorboard
 from mnistlab.training.augment import RandomAffine
-from mnistlab.training.bf16 import Bf16Copies, bf16_copies
 from mnistlab.training.callbacks import EarlyStopping, RunWriter, WeightAverage, set_rng_state
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, describe_precision, pick_device
 from mnistlab.training.engine import Callback, EpochMetrics, StepOptions, fit
@@ -151,7 +150,7 @@ def train(
     run_dir = None
     if write_run and env.is_main:  # one writer
         run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
-    cbs = run_callbacks(prep, cfg, env, run_dir, quiet, callbacks, copies=isinstance(net, Bf16Copies))
+    cbs = run_callbacks(prep, cfg, env, run_dir, quiet, callbacks)
     stopped = prep.stopper is not None and prep.stopper.stopped_epoch is not None
     if resume is not None and env.is_main and not quiet:
         if stopped:
@@ -273,9 +272,8 @@ def restore(prep: Prepared, ckpt: dict[str, Any], reseed: bool) -> None:
 
 
 def wrap(prep: Prepared, cfg: Config, env: distributed.DistEnv) -> nn.Module:
-    """Phase 2: what the loop trains: SyncBatchNorm under nccl, torch.compile, DDP, or under CPU bf16
-    autocast bf16 copies of the weights (`bf16_copies`). The wrappers share the model's parameters, so
-    `prep.model` itself is what gets saved."""
+    """Phase 2: what the loop trains: SyncBatchNorm under nccl, torch.compile, DDP. The wrappers share the
+    model's parameters, so `prep.model` itself is what gets saved."""
     net, device = prep.model, prep.device
     if env.backend == "nccl":  # batch statistics over the global batch (SyncBatchNorm is CUDA-only)
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
@@ -284,17 +282,16 @@ def wrap(prep: Prepared, cfg: Config, env: distributed.DistEnv) -> nn.Module:
     if env.active:
         net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None)
-    return bf16_copies(net, prep.optimizer, device, prep.amp)
+    return net
 
 
 def run_callbacks(prep: Prepared, cfg: Config, env: distributed.DistEnv, run_dir: Path | None, quiet: bool,
-                  extra: Sequence[Callback] = (), copies: bool = False) -> list[Callback]:
+                  extra: Sequence[Callback] = ()) -> list[Callback]:
     """Phase 3: the engine callbacks, in the order they run: progress, per-rank seeding, weight averaging,
-    the caller's, early stopping, and last the run directory's writer (`run_dir`: only the main rank writes).
-    `copies`: training runs from bf16 weight copies (said at the start and in env.json)."""
+    the caller's, early stopping, and last the run directory's writer (`run_dir`: only the main rank writes)."""
     cbs: list[Callback] = []
     if env.is_main and not quiet:
-        print(describe_precision(cfg.amp, prep.amp, prep.device, copies), flush=True)
+        print(describe_precision(cfg.amp, prep.amp, prep.device), flush=True)
         cbs.append(Progress(cfg.epochs))
     if env.active:
         cbs.append(distributed.RankSeed(cfg.seed, env.rank))
@@ -308,7 +305,7 @@ def run_callbacks(prep: Prepared, cfg: Config, env: distributed.DistEnv, run_dir
         write_json(run_dir / "config.json", cfg.to_dict())
         precision = amp_name(prep.amp)  # what "auto" chose; None: fp32
         record_environment(run_dir / "env.json", environment(prep.device, env.world_size, env.backend, precision,
-                                                             cpu_supports_bf16(), copies), prep.start_epoch)
+                                                             cpu_supports_bf16()), prep.start_epoch)
         board = tensorboard.open_logger(run_dir, cfg, precision or "fp32", prep.history)
         if board is not None:  # before RunWriter: an epoch's events are on disk before its checkpoint
             cbs.append(board)
