@@ -34,7 +34,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 
 bench: $(BIN)/.installed
-	$(BIN)/mnistlab bench --out bench/results
+	$(BIN)/mnistlab bench --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mnistlab.exercises.analysis import accuracy_table, analyse, table_columns, write_analysis
+from mnistlab.lab.analysis import accuracy_table, analyse, table_columns, write_analysis
 from mnistlab.tables import pct
 
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from mnistlab.bench import NotebookMNIST, floor_summary, markdown
+from mnistlab.bench.harness import floor_summary, markdown
+from mnistlab.bench.reference import ReferenceMNIST
 from mnistlab.cli import main
 from mnistlab.data import load_split
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16
@@ -16,7 +17,7 @@ from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16
 
 def test_notebook_dataset_matches_totensor(mnist_dir):
     images, labels = load_split("mnist", "test", mnist_dir)
-    ds = NotebookMNIST(images[:5], labels[:5])
+    ds = ReferenceMNIST(images[:5], labels[:5])
     x, y = ds[3]
     assert x.shape == (1, 28, 28) and x.dtype.is_floating_point and y == int(labels[3])
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0

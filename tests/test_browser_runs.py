@@ -15,8 +15,8 @@ import torch
 from playwright.sync_api import expect
 from test_browser import ARTIFACTS, ONE, browser, draw, shown  # noqa: F401 - browser is a fixture
 
+from mnistlab.inference.predict import load_model
 from mnistlab.serve.loadtest import running_server
-from mnistlab.use.predict import load_model
 
 pytestmark = pytest.mark.slow
 

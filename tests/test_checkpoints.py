@@ -14,9 +14,9 @@ import torch
 from mnistlab.data import load_split
 from mnistlab.errors import ConfigError, MnistlabError, UnsafeFileError
 from mnistlab.files.checkpoints import FORMATS, format_for, load_checkpoint, save_checkpoint, save_model
+from mnistlab.inference.predict import load_model
 from mnistlab.models import build_model
 from mnistlab.presets import MNIST_MEAN_STD
-from mnistlab.use.predict import load_model
 
 EXT = {"safetensors": ".safetensors", "state_dict": ".pt", "checkpoint": ".ckpt", "pickle": ".pkl",
        "torchscript": ".ts", "onnx": ".onnx"}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from mnistlab import presets
 from mnistlab.errors import ConfigError
 from mnistlab.files.runs import read_json, read_metrics
-from mnistlab.presets import Config, load_config, resolve
+from mnistlab.presets import Config, load_config, read_run_config, resolve
 
 TIMING = {"seconds", "eval_seconds", "images_per_s"}
 
@@ -74,13 +77,26 @@ def test_config_conflicts(cli, tmp_path):
     assert code == 2 and err.startswith("error: --config and --preset cannot be combined")
 
 
-def test_from_dict_is_the_strict_reader_and_maps_renamed_keys(monkeypatch):
-    stored = Config(epochs=3, subset=500).to_dict()
-    assert Config.from_dict(stored) == Config(epochs=3, subset=500)
-    assert Config.from_dict({"epochs": 2}) == Config(epochs=2)  # settings left out take their defaults
-    with pytest.raises(ConfigError, match=r"run/config.json: unknown setting\(s\) epoch; the settings are preset, "):
-        Config.from_dict({"epoch": 2}, "run/config.json")
+def test_a_runs_config_has_one_strict_reader_that_says_what_it_filled(monkeypatch, tmp_path):
+    def stored(data) -> Path:
+        (tmp_path / "config.json").write_text(json.dumps(data))
+        return tmp_path
+
+    cfg = Config(epochs=3, subset=500)
+    assert read_run_config(stored(cfg.to_dict())) == (cfg, [])
+    old = {k: v for k, v in Config(preset="fast", epochs=2).to_dict().items() if k not in ("test_subset", "ema")}
+    got, filled = read_run_config(stored(old))  # written before test_subset and ema existed: Config's defaults
+    assert filled == ["ema", "test_subset"] and got == Config(preset="fast", epochs=2)
+    with pytest.raises(ConfigError, match=r"config.json: unknown setting\(s\) epoch; the settings are preset, "):
+        read_run_config(stored({"epoch": 2}))
     with pytest.raises(ConfigError, match="batch_size = 'big' is not of type int"):
-        Config.from_dict({"batch_size": "big"})
+        read_run_config(stored({"batch_size": "big"}))
+    with pytest.raises(ConfigError, match=r"config.json: batch_size must be at least 1, got 0"):  # validated
+        read_run_config(stored({**cfg.to_dict(), "batch_size": 0}))
+    with pytest.raises(ConfigError, match=r"config.json: not valid JSON"):
+        (tmp_path / "config.json").write_text('{"epochs": 2')
+        read_run_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"no config.json \(not a run directory\?\)"):
+        read_run_config(tmp_path / "elsewhere")
     monkeypatch.setitem(presets.RENAMED, "holdout", "val")  # a key renamed in a later version
-    assert Config.from_dict({"holdout": 100}).val == 100
+    assert read_run_config(stored({"holdout": 100}))[0].val == 100

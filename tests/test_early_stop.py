@@ -9,12 +9,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from mnistlab.files.checkpoints import load_checkpoint
-from mnistlab.files.runs import read_json, read_metrics
-from mnistlab.presets import Config
+from mnistlab.files.runs import read_metrics
+from mnistlab.inference.predict import load_model
+from mnistlab.presets import read_run_config
 from mnistlab.training.callbacks import EarlyStopping
 from mnistlab.training.engine import evaluate
 from mnistlab.training.run import load_data
-from mnistlab.use.predict import load_model
 
 TIMING = {"seconds", "eval_seconds", "images_per_s"}
 
@@ -63,7 +63,7 @@ def test_the_run_keeps_the_best_epoch_and_resumes_without_training_past_the_stop
                     "test_acc": str(rows[best - 1]["test_acc"])}
     # The saved weights are the best epoch's: evaluating the file gives that epoch's test accuracy, not the last.
     assert rows[best - 1]["test_acc"] != rows[-1]["test_acc"]
-    test = load_data(Config.from_dict(read_json(whole / "config.json")), torch.device("cpu"), mnist_dir).evals["test"]
+    test = load_data(read_run_config(whole)[0], torch.device("cpu"), mnist_dir).evals["test"]
     assert evaluate(load_model(whole / "model.safetensors").model, test)["acc"] == rows[best - 1]["test_acc"]
     ckpt = load_checkpoint(whole / "checkpoint.pt")  # the last state, for --resume
     saved = load_file(str(whole / "model.safetensors"))

@@ -12,9 +12,9 @@ from PIL import Image
 from mnistlab.data import load_split
 from mnistlab.files.checkpoints import save_model
 from mnistlab.files.runs import read_metrics
+from mnistlab.inference.evaluate import confusion_matrix, evaluate_model
+from mnistlab.inference.predict import load_model
 from mnistlab.plots import confusion_plot, mistakes_plot
-from mnistlab.use.evaluate import confusion_matrix, evaluate_model
-from mnistlab.use.predict import load_model
 
 
 def test_confusion_matrix_counts_true_rows_and_predicted_columns():

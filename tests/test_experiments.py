@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from mnistlab.errors import ConfigError
-from mnistlab.experiments.compare import compare, compare_verdict, parse_optimizers
+from mnistlab.experiments.compare import CompareSpec, compare, compare_verdict, optimizer_config, parse_optimizers
 from mnistlab.experiments.sweep import SweepResult, choose, describe, sweep
+from mnistlab.experiments.trial import make_spec
 from mnistlab.files.checkpoints import read_safetensors
 from mnistlab.files.runs import read_json, read_metrics
-from mnistlab.presets import Config, parse_opt, resolve
+from mnistlab.presets import parse_opt, read_run_config, resolve
 from mnistlab.training.run import init_weights, train
 
 KEYS = ["train_loss", "train_acc", "test_loss", "test_acc"]
@@ -39,12 +40,12 @@ def test_compare_starts_every_optimizer_from_the_same_weights(mnist_dir, tmp_pat
     assert "adam vs sgd" in r.stdout
     initial, _ = read_safetensors(out / "initial.safetensors")
     for label in ("adam", "sgd"):
-        cfg = Config.from_dict(read_json(out / label / "config.json"))
+        cfg = read_run_config(out / label)[0]
         assert torch.equal(initial["d1.weight"], init_weights(cfg)["d1.weight"])
     sgd = read_json(out / "sgd" / "config.json")
     assert sgd["optimizer"] == "SGD" and sgd["opt_args"] == {"lr": 0.05, "momentum": 0.9}  # default + override
     # Training Adam again from the saved initial state reproduces the comparison's numbers exactly.
-    cfg = Config.from_dict(read_json(out / "adam" / "config.json"))
+    cfg = read_run_config(out / "adam")[0]
     again = train(config=cfg, init_state=initial, data_dir=mnist_dir, quiet=True, write_run=False)
     assert numbers(again.history) == numbers(read_metrics(out / "adam"))
     # ...while another start would not.
@@ -74,16 +75,23 @@ def test_compare_defaults_and_errors():
     assert parse_opt(["sgd:lr=0.01", "sgd:nesterov=true"], scoped=True) == {"sgd": {"lr": 0.01, "nesterov": True}}
     with pytest.raises(ConfigError, match="at least two"):
         parse_optimizers("adam")
-    with pytest.raises(ConfigError, match="OPTIMIZER:KEY=VALUE"):
+    with pytest.raises(ConfigError, match="LABEL:KEY=VALUE"):
         parse_opt(["lr=0.01"], scoped=True)
     with pytest.raises(ConfigError, match="not among"):
         compare(config=base, optimizers="adam,sgd", opts={"rmsprop": {"lr": 1.0}})
     with pytest.raises(ConfigError, match="unknown setting 'job'"):  # neither a SweepSpec field nor a setting
         sweep("notebook", job=2)
-    with pytest.raises(ConfigError, match="give a ready config or settings"):
-        compare(config=base, epochs=2)
+    # a ready config and settings: the settings override it, as train(config=..., epochs=2) does
+    assert make_spec(CompareSpec, "compare", "notebook", base, {"epochs": 2}).base == resolve(epochs=2)
+    # another optimizer keeps only the preset's lr, then the explicit defaults and the user's arguments
+    sgd, notes = optimizer_config(resolve(opt_args={"betas": (0.8, 0.9)}), "sgd", "SGD", {"nesterov": True})
+    assert sgd.opt_args == {"lr": 0.01, "momentum": 0.9, "nesterov": True} and "lr 0.01" in notes[0]
     r = mnistlab("compare", "--optimizers", "adam,adamm")
     assert r.returncode == 2 and "unknown optimizer 'adamm'" in r.stderr and "Traceback" not in r.stderr
+    usage = mnistlab("compare", "--help").stdout  # its own options: the optimizers and their arguments by label
+    assert "--opt LABEL:KEY=VALUE" in usage and "--optimizers" in usage and "--optimizer OPTIMIZER" not in usage
+    r = mnistlab("compare", "--opt", "lr=0.1")  # its --opt names the optimizer it is for
+    assert r.returncode == 2 and "LABEL:KEY=VALUE" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_sweep_reuse_equals_training_the_shorter_setting(mnist_dir, tmp_path):

@@ -14,10 +14,10 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from mnistlab.inference.explain import IG_STEPS, METHODS, attribute, feature_maps, first_filters
+from mnistlab.inference.predict import LoadedModel, dataset_samples, load_model
 from mnistlab.models import MODELS, build_model
 from mnistlab.serve import MAX_UPLOAD, create_app
-from mnistlab.use.explain import IG_STEPS, METHODS, attribute, feature_maps, first_filters
-from mnistlab.use.predict import LoadedModel, dataset_samples, load_model
 
 N = 64  # test digits per check
 
@@ -356,10 +356,10 @@ def test_api_reports_availability_and_the_explorer_has_it_per_run(client, runs_t
 def test_lab_report_shows_the_filters_and_explains_the_mistakes(trained_run, mnist_dir, tmp_path):
     import shutil
 
-    from mnistlab.exercises.insight import insight_figures
-    from mnistlab.exercises.report.blocks import section_md
-    from mnistlab.exercises.report.sections import insight_blocks
-    from mnistlab.use.evaluate import evaluate_model
+    from mnistlab.inference.evaluate import evaluate_model
+    from mnistlab.lab.insight import insight_figures
+    from mnistlab.lab.report.blocks import section_md
+    from mnistlab.lab.report.sections import insight_blocks
 
     shutil.copy(trained_run / "model.safetensors", tmp_path / "model.safetensors")
     ev = evaluate_model(load_model(tmp_path), data_dir=mnist_dir)

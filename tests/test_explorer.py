@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from mnistlab.data import load_split
+from mnistlab.inference.evaluate import evaluate_model
+from mnistlab.inference.predict import load_model
 from mnistlab.serve import create_app
-from mnistlab.use.evaluate import evaluate_model
-from mnistlab.use.predict import load_model
 
 RUNS = ["a", "broken-config", "damaged", "sweep-notebook/mlp-e1"]
 

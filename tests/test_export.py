@@ -11,14 +11,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import mnistlab.use.export
+import mnistlab.inference.export
 from mnistlab.data import load_split
 from mnistlab.errors import MnistlabError
 from mnistlab.files.checkpoints import save_model
+from mnistlab.inference.export import export_model
+from mnistlab.inference.predict import load_model
 from mnistlab.models import build_model
 from mnistlab.presets import MNIST_MEAN_STD
-from mnistlab.use.export import export_model
-from mnistlab.use.predict import load_model
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_normalisation_is_baked_into_exported_graphs(normalised_model, mnist_dir
 
 def test_a_failed_onnx_check_writes_nothing(normalised_model, mnist_dir, tmp_path, monkeypatch):
     _, path = normalised_model
-    monkeypatch.setattr(mnistlab.use.export, "ONNX_TOLERANCE", -1.0)  # no graph can pass this
+    monkeypatch.setattr(mnistlab.inference.export, "ONNX_TOLERANCE", -1.0)  # no graph can pass this
     out = tmp_path / "bad.onnx"
     with pytest.raises(MnistlabError, match=r"ONNX check failed on 1000 test images: .* not written"):
         export_model(load_model(path), out, "onnx", mnist_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mnistlab.exercises.inspect import inspect
+from mnistlab.lab.inspect import inspect
 
 
 def test_inspect_notebook_json(cli):

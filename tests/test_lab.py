@@ -15,7 +15,7 @@ import torch
 
 from mnistlab.errors import UnsafeFileError
 from mnistlab.files.runs import read_metrics
-from mnistlab.use.predict import load_model
+from mnistlab.inference.predict import load_model
 
 ARTIFACTS = [
     "report.md", "report.html", "lab_notebook.ipynb", "lab_notebook.html", "summary.json",
@@ -52,6 +52,12 @@ def test_every_artifact_and_the_terminal_output(lab_run):
     assert "lab answers (quick run)" in r.stdout and "E4 reloaded = original" in r.stdout
     env = json.loads((out / "exercise1/env.json").read_text())  # the report states step 1's training precision
     assert f"training precision: {env['amp_dtype'] or 'fp32'} (`--amp auto`)" in (out / "report.md").read_text()
+    seconds = json.loads((out / "summary.json").read_text())["seconds"]  # one entry per step, each counted once
+    assert set(seconds) == {"inspect", "exercise1", "exercise2", "exercise3", "exercise4", "quirks", "notebook",
+                            "write", "total"}
+    before_report = sum(v for k, v in seconds.items() if k not in ("write", "total"))
+    assert before_report <= seconds["total"]
+    assert f"wall time of the steps before this report: {before_report:.0f} s" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -79,7 +85,7 @@ def test_the_plain_pytorch_notebook_ran_with_the_labs_settings_and_is_cross_chec
 
 def test_no_notebook_skips_the_step(cli, tmp_path, monkeypatch):
     from mnistlab.errors import ConfigError
-    from mnistlab.exercises import lab as runner
+    from mnistlab.lab import runner
 
     seen = []
 
@@ -191,15 +197,15 @@ def test_quirks_are_measured(lab_run):
 
 def test_python_api_names():
     import mnistlab
-    import mnistlab.exercises.inspect  # importing the submodules does not shadow the API's functions
-    import mnistlab.exercises.lab
-    import mnistlab.use.predict
+    import mnistlab.inference.predict
+    import mnistlab.lab.inspect  # importing the submodules does not shadow the API's functions
+    import mnistlab.lab.runner
     from mnistlab.experiments.compare import compare
     from mnistlab.experiments.sweep import sweep
-    from mnistlab.use.evaluate import evaluate_model
-    from mnistlab.use.predict import load_model
+    from mnistlab.inference.evaluate import evaluate_model
+    from mnistlab.inference.predict import load_model
 
     assert mnistlab.inspect("notebook")["batch_size"] == 32
     assert mnistlab.compare is compare and mnistlab.sweep is sweep and mnistlab.load is load_model
-    assert mnistlab.evaluate is evaluate_model and mnistlab.predict is mnistlab.use.predict
+    assert mnistlab.evaluate is evaluate_model and mnistlab.predict is mnistlab.inference.predict
     assert callable(mnistlab.train) and callable(mnistlab.lab) and mnistlab.predict.classify_images

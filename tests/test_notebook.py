@@ -10,8 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mnistlab.exercises import notebook as lab_notebook
-from mnistlab.exercises.notebook import QUICK, NotebookError, execute, notebook_json
+from mnistlab.lab import notebook as lab_notebook
+from mnistlab.lab.notebook import QUICK, NotebookError, execute, notebook_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

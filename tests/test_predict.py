@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from mnistlab.data import load_split
 from mnistlab.errors import InputImageError
-from mnistlab.use.predict import LoadedModel, classify_images, classify_indices, load_model
+from mnistlab.inference.predict import LoadedModel, classify_images, classify_indices, load_model
 
 
 @pytest.fixture(scope="module")

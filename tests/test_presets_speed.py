@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 from mnistlab.cli import main
 from mnistlab.errors import ConfigError
+from mnistlab.inference.ensemble import EnsembleNet, average_probs, evaluate_runs, train_ensemble
 from mnistlab.models import build_model, count_params
 from mnistlab.presets import resolve
 from mnistlab.training.augment import RandomAffine, affine
 from mnistlab.training.engine import Callback
 from mnistlab.training.run import train
-from mnistlab.use.ensemble import EnsembleNet, average_probs, evaluate_runs, train_ensemble
 
 
 def centre_of_mass(x: torch.Tensor) -> torch.Tensor:

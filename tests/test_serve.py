@@ -16,9 +16,9 @@ from PIL import Image
 from mnistlab.data import load_split
 from mnistlab.data.preprocess import decode_image, from_pixels, to_mnist
 from mnistlab.errors import DataError
+from mnistlab.inference.predict import load_model
 from mnistlab.serve import MAX_UPLOAD, create_app
 from mnistlab.serve.loadtest import bench_serve
-from mnistlab.use.predict import load_model
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from safetensors import safe_open
 
 from mnistlab.files.checkpoints import load_checkpoint
 from mnistlab.files.runs import environment
+from mnistlab.presets import resolve
 from mnistlab.training import device as engine  # devices and precision
 from mnistlab.training.run import train
 
@@ -116,12 +117,34 @@ def test_a_cli_error_in_a_real_process_is_one_line():
 
 def test_resume_cannot_stretch_a_one_cycle_schedule(tmp_path):
     from mnistlab.files.runs import write_json
-    from mnistlab.presets import resolve
 
     write_json(tmp_path / "config.json", resolve("fast").to_dict())
     r = mnistlab("train", "--resume", str(tmp_path), "--epochs", "5")
     assert r.returncode == 2 and "onecycle schedule spans exactly 1 epochs" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_resume_applies_only_the_overrides_a_resumed_run_may_change(mnist_dir, tmp_path, cli):
+    """--resume keeps the run's settings: --epochs and --device apply, any other change is refused in one line
+    naming it (before: silently ignored), and an override equal to the recorded value is no change."""
+    out = tmp_path / "run"
+    train("notebook", epochs=1, subset=500, test_subset=200, batch_size=100, amp="off", out=out, data_dir=mnist_dir,
+          quiet=True)
+    for flags, named in ((["--lr", "0.1"], "opt_args {'lr': 0.001} -> {'lr': 0.1}"), (["--batch-size", "50"],
+                         "batch_size 100 -> 50"), (["--amp", "bf16"], "amp 'off' -> 'bf16'")):
+        code, _, err = cli("train", "--resume", str(out), *flags, "--data-dir", str(mnist_dir))
+        assert code == 2 and named in err and "only epochs and device may change" in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2  # refused before training: still 1 epoch
+    r = train(resume=out, epochs=2, device="cpu", batch_size=100, lr=1e-3, data_dir=mnist_dir, quiet=True)
+    assert [row["epoch"] for row in r.history] == [1, 2] and r.config.device == "cpu"
+    assert json.loads((out / "config.json").read_text())["device"] == "cpu"  # the run records where it went on
+
+
+def test_train_applies_overrides_to_a_ready_config(mnist_dir):
+    base = resolve("notebook", subset=300, test_subset=100, amp="off")
+    r = train(config=base, epochs=1, batch_size=100, data_dir=mnist_dir, quiet=True, write_run=False)
+    assert r.config == resolve(base=base, epochs=1, batch_size=100) and len(r.history) == 1
 
 
 def test_a_run_resumed_elsewhere_keeps_the_environment_it_started_in(mnist_dir, tmp_path):

@@ -29,10 +29,10 @@ from mnistlab.experiments.tune import tune
 from mnistlab.experiments.tune_report import load
 from mnistlab.files.checkpoints import load_checkpoint
 from mnistlab.files.runs import read_json, read_metrics
-from mnistlab.presets import Config
+from mnistlab.inference.evaluate import evaluate_model
+from mnistlab.inference.predict import load_model
+from mnistlab.presets import stored_config
 from mnistlab.training.run import train
-from mnistlab.use.evaluate import evaluate_model
-from mnistlab.use.predict import load_model
 
 # A tiny budget: 800 training images in batches of 100, 200 validation images, one CPU thread per worker.
 # Heartbeats every 3 s: a killed worker's trial is failed after 6 s, while a live worker on a busy machine is
@@ -204,7 +204,7 @@ def check_report(cli, study: str, storage: list[str], out: Path, trials: list, m
     for name in ("history.png", "parallel.png"):
         assert (out / name).stat().st_size > 0
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
-    cfg = Config.from_dict(json.loads((out / "best.json").read_text()))
+    cfg = stored_config(json.loads((out / "best.json").read_text()), "best.json")[0]
     assert cfg.lr == best.params["lr"] and f"trial {best.number}" in cfg.description
     threads = torch.get_num_threads()  # the worker's thread count: CPU sums are only bitwise equal for it
     torch.set_num_threads(read_json(Path(best.user_attrs["run_dir"]) / "env.json")["torch_threads"])

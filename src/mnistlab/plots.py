@@ -238,7 +238,7 @@ def _epoch_axes(fig: Figure, ax: Any, out: str | Path, ylabel: str, title: str) 
     return _savefig(fig, out)
 
 
-# ---------------------------------------------------------------- what the network learned (use/explain.py)
+# ---------------------------------------------------------------- what the network learned (inference/explain.py)
 HEAT_CMAP = "RdBu_r"  # red: pixels speaking for the class, blue: against it, white: no say
 
 

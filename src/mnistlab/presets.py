@@ -23,7 +23,7 @@ from mnistlab.errors import ConfigError
 
 MNIST_MEAN_STD = (0.1307, 0.3081)
 DEFAULT_VAL = 10_000  # validation images held out where an experiment chooses on validation and none is named
-# config.json keys that were renamed: the old name -> the Config field that holds it now (read by from_dict).
+# config.json keys that were renamed: the old name -> the Config field that holds it now (check_settings).
 RENAMED: dict[str, str] = {}
 
 
@@ -62,12 +62,6 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config") -> Config:
-        """A Config from stored settings (a config.json): renamed keys mapped (`RENAMED`), settings left out
-        take their defaults; an unknown setting or a value of the wrong type is a ConfigError naming `where`."""
-        return cls(**settings(d, where))
 
     @property
     def lr(self) -> float:
@@ -149,15 +143,21 @@ def resolve(preset: str = "notebook", *, base: Config | None = None, **overrides
         if value is not None:
             setattr(cfg, key, value)
     if optimizer is not None:
-        cls = optimizer_class(optimizer)
-        if cls.__name__ != cfg.optimizer:  # a different optimizer keeps only the preset's lr
-            cfg.opt_args = {"lr": cfg.opt_args["lr"]} if "lr" in cfg.opt_args else {}
-        cfg.optimizer = cls.__name__
+        cfg.opt_args = optimizer_args(cfg, optimizer)
+        cfg.optimizer = optimizer_class(optimizer).__name__
     cfg.opt_args.update(opt_args)
     if lr is not None:
         cfg.opt_args["lr"] = float(lr)
     validate(cfg)
     return cfg
+
+
+def optimizer_args(cfg: Config, optimizer: str) -> dict[str, Any]:
+    """The arguments `cfg` gives `optimizer`: its own for its own optimizer; for another, only its learning
+    rate (momentum, betas and the like belong to the optimizer they were chosen for)."""
+    if optimizer_class(optimizer).__name__ == cfg.optimizer:
+        return dict(cfg.opt_args)
+    return {"lr": cfg.opt_args["lr"]} if "lr" in cfg.opt_args else {}
 
 
 def validate(cfg: Config) -> None:
@@ -196,24 +196,9 @@ def load_config(path: str | Path) -> Config:
     only the preset's lr). Unknown settings, values of the wrong type and unreadable files raise ConfigError.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path}: cannot read it ({e})") from None
-    toml = path.suffix.lower() == ".toml"
-    try:
-        data = _toml().loads(text) if toml else json.loads(text)
-    except ValueError as e:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
-        raise ConfigError(f"--config {path}: not valid {'TOML' if toml else 'JSON'} ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a table of Config settings, got {type(data).__name__}")
-    data = settings(data, f"--config {path}")
+    data = read_settings(path, f"--config {path}")
     if set(typing.get_type_hints(Config)) <= set(data):
-        cfg = Config(**data)
-        validate(cfg)
-        return cfg
+        return stored_config(data, f"--config {path}")[0]
     preset = data.pop("preset", "notebook")
     if preset not in PRESETS:
         raise ConfigError(f"--config {path}: unknown preset {preset!r}; a file naming no built-in preset must "
@@ -221,8 +206,54 @@ def load_config(path: str | Path) -> Config:
     return resolve(preset, **data)
 
 
-def settings(data: dict[str, Any], where: str) -> dict[str, Any]:
-    """Stored or written settings (a config.json, a TOML file) checked as Config fields: the one reader.
+def read_run_config(run_dir: str | Path) -> tuple[Config, list[str]]:
+    """The Config a run directory recorded in its config.json, and the settings it lacks: the one reader of a
+    run's config (resume, sweep, compare and tune's reuse, the run writer's checks).
+
+    Read and checked as `read_settings` does, then validated as a preset is (`validate`). A setting the file
+    lacks was added to mnistlab after the run was written; it takes Config's default, which keeps the old
+    behaviour, and is listed in the second value. A missing or unreadable file is a ConfigError naming it.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no config.json (not a run directory?)")
+    return stored_config(read_settings(path, str(path)), str(path))
+
+
+def stored_config(data: dict[str, Any], where: str) -> tuple[Config, list[str]]:
+    """A Config from stored settings (a config.json's, a tune study's best): checked (`check_settings`),
+    settings left out at Config's defaults (listed in the second value), validated."""
+    data = check_settings(data, where)
+    filled = [f.name for f in dataclasses.fields(Config) if f.name not in data]
+    cfg = Config(**data)
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return cfg, filled
+
+
+def read_settings(path: Path, where: str) -> dict[str, Any]:
+    """A JSON or TOML (.toml) file of Config settings, parsed and checked (`check_settings`); an unreadable
+    or malformed file is a ConfigError naming `where`."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{where}: cannot read it ({e.strerror if isinstance(e, OSError) else e})") from None
+    toml = path.suffix.lower() == ".toml"
+    try:
+        data = _toml().loads(text) if toml else json.loads(text)
+    except ValueError as e:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
+        raise ConfigError(f"{where}: not valid {'TOML' if toml else 'JSON'} ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table of Config settings, got {type(data).__name__}")
+    return check_settings(data, where)
+
+
+def check_settings(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Stored or written settings (a config.json, a TOML file) checked as Config fields.
 
     Renamed keys become their new names (`RENAMED`); an unknown key is a ConfigError listing the known ones,
     a value that cannot be its field's type one naming the type. Lists stand for tuples (`normalise`)."""
@@ -310,7 +341,7 @@ def parse_opt(items: Sequence[str] | None, *, scoped: bool = False) -> dict[str,
         scope, colon, rest = item.partition(":") if scoped else ("", ":", item)
         key, sep, value = rest.partition("=")
         if not colon or not sep or not key.strip() or (scoped and not scope.strip()):
-            form = "OPTIMIZER:KEY=VALUE for compare" if scoped else "KEY=VALUE"
+            form = "LABEL:KEY=VALUE (LABEL one of --optimizers)" if scoped else "KEY=VALUE"
             raise ConfigError(f"--opt expects {form}, got {item!r}")
         target = out.setdefault(scope.strip().lower(), {}) if scoped else out
         target[key.strip()] = parse_value(value)

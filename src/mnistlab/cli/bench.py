@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnistlab import bench
+    from mnistlab.bench import harness as bench
 
     kw = dict(bench.QUICK) if args.quick else {}
     if args.epochs:

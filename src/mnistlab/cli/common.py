@@ -43,9 +43,11 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help="data root holding one folder per dataset (default: $MNISTLAB_DATA, else ~/.cache/mnistlab)")
 
 
-def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False, lr_find: bool = False) -> None:
+def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False, lr_find: bool = False,
+                         optimizer: bool = True) -> None:
     """--preset and every override of it. With `sweepable`, --lr/--epochs/--batch-size are left to the caller;
-    with `lr_find`, --lr also takes "find"."""
+    with `lr_find`, --lr also takes "find"; without `optimizer`, --optimizer and --opt are (compare names its
+    optimizers and their arguments its own way)."""
     p.add_argument("--preset", default="notebook", help=f"recipe to start from: {', '.join(PRESETS)}")
     if not sweepable:
         p.add_argument("--epochs", type=positive_int, help="number of epochs")
@@ -53,8 +55,9 @@ def add_training_options(p: argparse.ArgumentParser, *, sweepable: bool = False,
                        help="learning rate" + (", or find: run lr-find first and train with its suggestion"
                                                if lr_find else ""))
         p.add_argument("--batch-size", type=positive_int, help="global batch size")
-    p.add_argument("--optimizer", help="any torch.optim class, case-insensitive (adam, sgd, adamw, ...)")
-    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="optimizer argument (repeatable)")
+    if optimizer:
+        p.add_argument("--optimizer", help="any torch.optim class, case-insensitive (adam, sgd, adamw, ...)")
+        p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="optimizer argument (repeatable)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     add_device_option(p)
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"],

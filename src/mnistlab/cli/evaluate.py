@@ -9,9 +9,9 @@ from pathlib import Path
 
 from mnistlab.cli.common import add_data_options, positive_int
 from mnistlab.cli.predict import add_model_options
-from mnistlab.use.ensemble import evaluate_ensemble
-from mnistlab.use.evaluate import evaluate_model
-from mnistlab.use.predict import load_model
+from mnistlab.inference.ensemble import evaluate_ensemble
+from mnistlab.inference.evaluate import evaluate_model
+from mnistlab.inference.predict import load_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -22,7 +22,7 @@ def target_class(text: str) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from mnistlab.use.explain import METHODS
+    from mnistlab.inference.explain import METHODS
 
     p = sub.add_parser("explain", help="see what a model learned and why it answered what it did",
                        description="Write a folder of figures a student can read without code: the first "
@@ -47,14 +47,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnistlab.use.explain import EXTRA, captum_available
+    from mnistlab.inference.explain import EXTRA, captum_available
 
     if not captum_available():
         raise MnistlabError(f"explain needs Captum, which is not installed: {EXTRA}")
     if not (args.index or args.image or args.mistakes):
         raise MnistlabError("nothing to explain: give --index, --image and/or --mistakes")
-    from mnistlab.use.explain import explain, explain_inputs
-    from mnistlab.use.predict import load_model
+    from mnistlab.inference.explain import explain, explain_inputs
+    from mnistlab.inference.predict import load_model
 
     loaded = load_model(args.model, trust_pickle=args.trust_pickle)
     if args.dataset and args.dataset != loaded.dataset:

@@ -7,8 +7,8 @@ import argparse
 from mnistlab.cli.common import add_data_options
 from mnistlab.cli.predict import add_model_options
 from mnistlab.files.checkpoints import FORMATS, format_for
-from mnistlab.use.export import CHECK_IMAGES, export_model
-from mnistlab.use.predict import load_model
+from mnistlab.inference.export import CHECK_IMAGES, export_model
+from mnistlab.inference.predict import load_model
 
 CHOICES = [f for f in FORMATS if f != "checkpoint"]
 

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from mnistlab.cli.common import add_training_options, overrides_from
-from mnistlab.exercises.inspect import inspect
-from mnistlab.exercises.report.sections import LAYER_COLUMNS as COLUMNS
-from mnistlab.exercises.report.sections import cell as _cell
+from mnistlab.lab.inspect import inspect
+from mnistlab.lab.report.sections import LAYER_COLUMNS as COLUMNS
+from mnistlab.lab.report.sections import cell as _cell
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def markdown(info: dict[str, Any]) -> str:
     """The inspection as Markdown (the lab report renders the same blocks)."""
-    from mnistlab.exercises.report.blocks import block_md
-    from mnistlab.exercises.report.sections import inspect_blocks
+    from mnistlab.lab.report.blocks import block_md
+    from mnistlab.lab.report.sections import inspect_blocks
 
     return "\n".join(block_md(b) for b in inspect_blocks(info))
 

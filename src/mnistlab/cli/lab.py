@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mnistlab.exercises.lab import lab
+    from mnistlab.lab.runner import lab
 
     if args.dataset not in (None, "mnist"):
         raise ConfigError("the lab is about MNIST; --dataset must be mnist")

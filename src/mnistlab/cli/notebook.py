@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mnistlab.errors import ConfigError
-    from mnistlab.exercises.notebook import execute, parameters_for, write_notebook
+    from mnistlab.lab.notebook import execute, parameters_for, write_notebook
 
     if not args.execute:
         if args.quick or args.device or args.data_dir or args.amp != "auto":

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from mnistlab.cli.common import add_data_options, positive_int
-from mnistlab.use.predict import (
+from mnistlab.inference.predict import (
     classify_indices,
     classify_tensors,
     dataset_samples,

@@ -65,7 +65,7 @@ def is_loopback(host: str) -> bool:
 
 def load(model: str | Path | None, trust_pickle: bool = False):
     """The LoadedModel for --model (default: the latest run)."""
-    from mnistlab.use.predict import load_model
+    from mnistlab.inference.predict import load_model
 
     return load_model(model, trust_pickle=trust_pickle)
 

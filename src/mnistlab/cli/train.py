@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ensemble:
         if args.resume:
             raise ConfigError("--ensemble and --resume cannot be combined; resume each member's run directory")
-        from mnistlab.use.ensemble import train_ensemble
+        from mnistlab.inference.ensemble import train_ensemble
 
         ens = train_ensemble(args.preset, args.ensemble, out=args.out, data_dir=args.data_dir, quiet=args.quiet,
                              **over)

@@ -3,7 +3,6 @@ data order, and writes a side-by-side table (CSV, Markdown, JSON), a figure and 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +13,8 @@ import torch
 from mnistlab.errors import ConfigError
 from mnistlab.experiments.trial import make_spec, reuse_problem
 from mnistlab.files.checkpoints import model_metadata, read_safetensors, save_safetensors
-from mnistlab.files.runs import atomic_write, new_run_dir, read_json, read_metrics, write_json, write_metrics
-from mnistlab.presets import Config, optimizer_class, validate
+from mnistlab.files.runs import atomic_write, new_run_dir, read_metrics, write_json, write_metrics
+from mnistlab.presets import Config, optimizer_class, read_run_config, resolve
 from mnistlab.stats import Difference
 from mnistlab.tables import csv_text, md_table, pct
 from mnistlab.training.run import build, init_weights, train
@@ -62,11 +61,8 @@ def optimizer_config(base: Config, label: str, name: str, opts: dict[str, Any] |
                      use_defaults: bool = True) -> tuple[Config, list[str]]:
     """`base` trained with optimizer `name`: the preset's arguments for its own optimizer, else the explicit
     OPTIMIZER_DEFAULTS (said in the notes), then the user's `opts`."""
-    notes = []
-    if name == base.optimizer:
-        args = dict(base.opt_args)
-    else:
-        args = {"lr": base.lr} if "lr" in base.opt_args else {}
+    notes, args = [], {}
+    if name != base.optimizer:
         applied = {k: v for k, v in OPTIMIZER_DEFAULTS.get(name, {}).items() if k not in (opts or {})}
         if use_defaults and applied:
             args.update(applied)
@@ -74,12 +70,8 @@ def optimizer_config(base: Config, label: str, name: str, opts: dict[str, Any] |
             notes.append(f"{label}: {DEFAULT_WHY[name]}, so it uses {told} instead of the preset's lr {base.lr:g} "
                          f"(override with --opt {label}:lr=...; `mnistlab sweep --optimizer {name.lower()} "
                          f"--lr ...` finds a good one)")
-    for key, value in (opts or {}).items():
-        args[key] = value
-    cfg = dataclasses.replace(base, optimizer=name, opt_args=args, model_args=dict(base.model_args),
-                              schedule_args=dict(base.schedule_args))
-    validate(cfg)
-    return cfg, notes
+    args.update(opts or {})
+    return resolve(base=base, optimizer=name, opt_args=args), notes
 
 
 @dataclass
@@ -164,7 +156,7 @@ def _reuse_run(source: Path, cfg: Config, init_state: dict[str, torch.Tensor], d
     if problem is not None:
         raise ConfigError(f"{source}: not the same run as this comparison's {cfg.optimizer} ({problem}); "
                           "cannot reuse it")
-    src_cfg = Config.from_dict(read_json(source / "config.json"), str(source))
+    src_cfg = read_run_config(source)[0]
     initial = source / "initial.safetensors"
     start = read_safetensors(initial)[0] if initial.exists() else init_weights(src_cfg)
     if not states_equal(start, init_state):

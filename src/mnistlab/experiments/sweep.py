@@ -8,7 +8,6 @@ used to choose.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import multiprocessing
 import time
@@ -22,8 +21,8 @@ import torch
 
 from mnistlab.errors import ConfigError
 from mnistlab.experiments.trial import make_spec, reuse_problem, run_trial, same_run
-from mnistlab.files.runs import atomic_write, new_run_dir, read_json, read_metrics, write_json
-from mnistlab.presets import Config, validate
+from mnistlab.files.runs import atomic_write, new_run_dir, read_metrics, write_json
+from mnistlab.presets import Config, read_run_config, resolve
 from mnistlab.stats import Difference, best_epoch
 from mnistlab.tables import csv_text, pct
 from mnistlab.training.distributed import usable_cpus
@@ -113,16 +112,13 @@ def plan(base: Config, lrs: Sequence[float], epochs: Sequence[int], batch_sizes:
         if (problem := reuse_problem(p)) is not None:
             notes.append(f"{p}: {problem}; not reused")
             continue
-        existing.append((p, Config.from_dict(read_json(p / "config.json"), str(p))))
+        existing.append((p, read_run_config(p)[0]))
     jobs = []
     for lr, bs in itertools.product(lrs, batch_sizes):
         label = _label(lr, bs)
         groups = [sorted(epochs)] if reusable else [[e] for e in sorted(epochs)]
         for serves in groups:
-            cfg = dataclasses.replace(base, opt_args={**base.opt_args, "lr": float(lr)}, batch_size=int(bs),
-                                      epochs=max(serves), model_args=dict(base.model_args),
-                                      schedule_args=dict(base.schedule_args))
-            validate(cfg)
+            cfg = resolve(base=base, lr=lr, batch_size=int(bs), epochs=max(serves))
             job = Job(label, cfg, run_dir / f"lr{lr:g}-b{bs}-e{cfg.epochs}", serves)
             for path, other in existing:
                 if same_run(other, cfg) and (other.epochs == cfg.epochs or reusable):

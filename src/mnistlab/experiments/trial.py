@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from mnistlab.errors import ConfigError
 from mnistlab.files.runs import atomic_write, read_json, write_json
-from mnistlab.presets import DEFAULT_VAL, Config, resolve
+from mnistlab.presets import DEFAULT_VAL, Config, read_run_config, resolve
 from mnistlab.training.engine import Callback
 from mnistlab.training.run import TrainResult, train
 
@@ -28,14 +28,12 @@ RUN_FILES = ("config.json", "env.json", "metrics.csv", "metrics.jsonl", "checkpo
 def make_spec(cls: type[S], who: str, preset: str, config: Config | None, kwargs: dict[str, Any], *,
               validation: bool = False, **fields: Any) -> S:
     """The typed spec `cls` of an experiment from a keyword call: keywords naming one of its fields set it,
-    the others are Config overrides of `preset` (or `config`, ready, given alone) that make its `base`;
-    with `validation`, the base holds out a validation split (`held_out`)."""
+    the others are Config overrides of `preset` (or of `config`, a ready Config) that make its `base`; with
+    `validation`, the base holds out a validation split (`held_out`; a ready config keeps its own)."""
     names = {f.name for f in dataclasses.fields(cls)}
     fields |= {k: kwargs.pop(k) for k in list(kwargs) if k in names and k != "base"}
     if config is not None:
-        if kwargs:
-            raise ConfigError(f"{who}: give a ready config or settings ({', '.join(sorted(kwargs))}), not both")
-        base = config
+        base = resolve(base=config, **kwargs)
     else:
         base = resolve(preset, **(held_out(who, kwargs) if validation else kwargs))
     if validation:
@@ -65,7 +63,7 @@ def reuse_problem(run_dir: Path, cfg: Config | None = None) -> str | None:
     env = read_json(run_dir / "env.json") if (run_dir / "env.json").exists() else {}
     if "amp_dtype" not in env:
         return "made by an older mnistlab (no training precision in env.json)"
-    if cfg is not None and not same_run(Config.from_dict(read_json(run_dir / "config.json"), str(run_dir)), cfg):
+    if cfg is not None and not same_run(read_run_config(run_dir)[0], cfg):
         return "not the same settings"
     return None
 
@@ -96,7 +94,7 @@ def run_trial(config: Config, run_dir: str | Path, *, source: str | Path | None 
                 atomic_write(run_dir / name, (Path(source) / name).read_bytes())
     if not (run_dir / "checkpoint.pt").exists():
         return train(config=config, out=run_dir, data_dir=data_dir, quiet=quiet, callbacks=tuple(callbacks))
-    recorded = Config.from_dict(read_json(run_dir / "config.json"))
+    recorded = read_run_config(run_dir)[0]
     if not same_run(recorded, config):
         raise ConfigError(f"{run_dir} holds a checkpoint of a different run; choose another directory")
     write_json(run_dir / "config.json", dataclasses.replace(config, epochs=recorded.epochs).to_dict())

@@ -28,6 +28,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.experiments.pruning import Pruning
 from mnistlab.experiments.space import Space, parse_space
 from mnistlab.experiments.study import (
     MAX_RETRY,
@@ -45,7 +46,6 @@ from mnistlab.experiments.trial import config_json, held_out, run_trial
 from mnistlab.files.runs import read_metrics
 from mnistlab.tables import pct
 from mnistlab.training.distributed import usable_cpus
-from mnistlab.training.pruning import Pruning
 
 
 @dataclass

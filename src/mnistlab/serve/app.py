@@ -24,10 +24,10 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from mnistlab import __version__
+from mnistlab.inference.predict import LoadedModel
 from mnistlab.serve.explain_api import explain_router
 from mnistlab.serve.explorer import Explorer, explorer_router
 from mnistlab.serve.model_api import MAX_UPLOAD, Served, model_router
-from mnistlab.use.predict import LoadedModel
 
 STATIC = Path(__file__).with_name("static")
 

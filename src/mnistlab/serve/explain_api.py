@@ -27,8 +27,8 @@ from starlette.concurrency import run_in_threadpool
 
 from mnistlab.data.preprocess import decode_image, from_pixels, to_mnist
 from mnistlab.errors import MnistlabError
+from mnistlab.inference.explain import EXTRA, METHODS, attribute, captum_available, heat_png
 from mnistlab.serve.model_api import FORM_SLACK, MAX_UPLOAD, Served, grid, json_pixels, read_body, read_form, refuse
-from mnistlab.use.explain import EXTRA, METHODS, attribute, captum_available, heat_png
 
 
 class Availability(BaseModel):

@@ -32,11 +32,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from mnistlab.errors import MnistlabError
+from mnistlab.inference.evaluate import SplitPredictions, evaluate_model, predict_split
+from mnistlab.inference.predict import load_model
 from mnistlab.serve.explain_api import explain_router
 from mnistlab.serve.model_api import MAX_UPLOAD, Served, model_router
-from mnistlab.serve.runs import NotFound, RunsRoot
-from mnistlab.use.evaluate import SplitPredictions, evaluate_model, predict_split
-from mnistlab.use.predict import load_model
+from mnistlab.serve.run_reader import NotFound, RunsRoot
 
 STATIC = Path(__file__).with_name("static")
 CACHED_MODELS = 4  # runs whose model and test predictions are kept in memory

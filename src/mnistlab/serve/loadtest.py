@@ -26,7 +26,7 @@ from PIL import Image
 from mnistlab.data import load_split
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.files.runs import cpu_model, write_json
-from mnistlab.use.predict import model_file
+from mnistlab.inference.predict import model_file
 
 PAYLOADS = 32  # distinct test digits the clients cycle through
 

@@ -31,7 +31,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from mnistlab.data import load_split
 from mnistlab.data.preprocess import decode_image, from_pixels, to_mnist
 from mnistlab.errors import MnistlabError
-from mnistlab.use.predict import LoadedModel, classify_tensors
+from mnistlab.inference.predict import LoadedModel, classify_tensors
 
 MAX_UPLOAD = 2 * 1024 * 1024  # bytes of image per upload; larger -> 413
 FORM_SLACK = 64 * 1024  # room for the multipart boundaries and part headers around the file

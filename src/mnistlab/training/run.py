@@ -21,13 +21,12 @@ from mnistlab.files.checkpoints import load_checkpoint, model_metadata, save_saf
 from mnistlab.files.runs import (
     environment,
     new_run_dir,
-    read_json,
     record_environment,
     remove_partial_files,
     write_json,
 )
 from mnistlab.models import build_model
-from mnistlab.presets import Config, resolve
+from mnistlab.presets import Config, read_run_config, resolve
 from mnistlab.training import distributed, tensorboard
 from mnistlab.training.augment import RandomAffine
 from mnistlab.training.callbacks import EarlyStopping, RunWriter, WeightAverage, set_rng_state
@@ -130,20 +129,15 @@ def train(
 ) -> TrainResult:
     """Train a preset (with overrides such as epochs=8, lr=2e-3, optimizer="sgd") and return the result.
 
-    `resume=RUN_DIR` continues that run from its last completed epoch (its config is reused; `epochs` may be
-    raised). `config` gives a ready Config instead of preset + overrides; `init_state` starts from given
-    initial weights (compare uses it to give every optimizer the same start).
+    `resume=RUN_DIR` continues that run from its last completed epoch with its recorded config; of the
+    overrides only `epochs` (more of them) and `device` may change it (`resumed_config`). `config` gives a
+    ready Config instead of the preset, the overrides applied to it; `init_state` starts from given initial
+    weights (compare uses it to give every optimizer the same start).
     """
     if resume is not None:
-        cfg = Config.from_dict(read_json(Path(resume) / "config.json"))
-        epochs = overrides.get("epochs")
-        if epochs and int(epochs) != cfg.epochs and cfg.schedule in ("onecycle", "cosine"):
-            raise ConfigError(f"--resume {resume}: its {cfg.schedule} schedule spans exactly {cfg.epochs} "
-                              "epochs, so it cannot be extended; start a new run with more --epochs")
-        if epochs:
-            cfg.epochs = int(epochs)
+        cfg = resumed_config(resume, overrides, quiet)
     else:
-        cfg = config if config is not None else resolve(preset, **overrides)
+        cfg = resolve(preset, base=config, **overrides)
     env = distributed.setup(cfg.device)  # the group is left at exit: a later train() reuses it
     prep = prepare(cfg, env, resume, data_dir, init_state)
     net = wrap(prep, cfg, env)
@@ -177,6 +171,32 @@ def train(
     distributed.barrier(env)
     final.eval()
     return result
+
+
+# What a resumed run may change: how long it trains and where. Anything else (the learning rate, the batch
+# size, the precision, ...) would make its later epochs another run's: that is a new run.
+RESUMABLE = ("epochs", "device")
+
+
+def resumed_config(run_dir: str | Path, overrides: dict[str, Any], quiet: bool = True) -> Config:
+    """The config `run_dir` recorded, with the overrides a resumed run may apply (`RESUMABLE`); any other
+    override that would change it is a ConfigError naming it, as is extending a schedule that spans exactly
+    the recorded epochs. Settings the file lacked are said (unless `quiet`)."""
+    recorded, filled = read_run_config(run_dir)
+    cfg = resolve(base=recorded, **overrides)
+    before, after = recorded.to_dict(), cfg.to_dict()
+    changed = [k for k in after if after[k] != before[k] and k not in RESUMABLE]
+    if changed:
+        said = ", ".join(f"{k} {before[k]!r} -> {after[k]!r}" for k in changed)
+        raise ConfigError(f"--resume {run_dir} continues the run with its own settings; it cannot change {said} "
+                          f"(only {' and '.join(RESUMABLE)} may change): start a new run with --out instead")
+    if cfg.epochs != recorded.epochs and cfg.schedule in ("onecycle", "cosine"):
+        raise ConfigError(f"--resume {run_dir}: its {cfg.schedule} schedule spans exactly {recorded.epochs} "
+                          "epochs, so it cannot be extended; start a new run with more --epochs")
+    if filled and not quiet:
+        print(f"{run_dir}/config.json has no {', '.join(filled)} (an older mnistlab): their defaults apply",
+              flush=True)
+    return cfg
 
 
 def model_facts(r: TrainResult) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.files.checkpoints import save_model
 from mnistlab.files.graphs import load_onnx
 from mnistlab.files.runs import atomic_path
-from mnistlab.use.predict import LoadedModel
+from mnistlab.inference.predict import LoadedModel
 
 ONNX_TOLERANCE = 1e-4  # max abs difference of probabilities accepted against PyTorch (fp32)
 CHECK_IMAGES = 1000

@@ -15,9 +15,9 @@ import torch
 from mnistlab.data import get_spec, load_split
 from mnistlab.data.loader import DeviceLoader
 from mnistlab.files.runs import write_json
+from mnistlab.inference.predict import BATCH, LoadedModel
 from mnistlab.plots import confusion_plot, mistakes_plot
 from mnistlab.training.engine import confident_mistakes, confusion_matrix, evaluate
-from mnistlab.use.predict import BATCH, LoadedModel
 
 
 @dataclass(frozen=True)

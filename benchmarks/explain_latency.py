@@ -1,7 +1,7 @@
 """Latency of POST /api/explain against the real `mnistlab serve` on loopback: one client, one image per request,
 what the draw page sends with "why?" on (a 280x280 canvas PNG, multipart), back to back.
 
-    python bench/explain_latency.py --model runs/notebook-... [--method ig] [--requests 300] [--threads 1]
+    python benchmarks/explain_latency.py --model runs/notebook-... [--method ig] [--requests 300] [--threads 1]
 
 Prints p50/p95/p99 and writes them (with the machine) to --out as JSON when given. Run it with nothing else on
 the machine; BENCHMARKS.md records the figures.
@@ -22,9 +22,9 @@ from PIL import Image
 
 from mnistlab.data import load_split
 from mnistlab.files.runs import cpu_model
+from mnistlab.inference.explain import IG_STEPS, METHODS
+from mnistlab.inference.predict import model_file
 from mnistlab.serve.loadtest import running_server
-from mnistlab.use.explain import IG_STEPS, METHODS
-from mnistlab.use.predict import model_file
 
 DIGITS = 32  # distinct test digits cycled through
 

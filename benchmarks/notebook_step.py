@@ -1,6 +1,6 @@
 """The `notebook` preset's step in each precision, side by side, against its floor.
 
-    python bench/notebook_step.py [--rounds 10] [--steps 100] [--threads N] [--cpu-time] [--variant NAME ...]
+    python benchmarks/notebook_step.py [--rounds 10] [--steps 100] [--threads N] [--cpu-time] [--variant NAME ...]
 
 Variants: fp32; bf16 autocast, as `mnistlab train` runs it (every forward casts the fp32 weights, every
 backward casts their gradients back); fp32 tensors with oneDNN computing the matmuls and

@@ -1,6 +1,6 @@
 """The lab report's pictures of what the trained notebook network learned (question 4) and why it makes its
 most confident mistakes: its filters, the feature maps of one test digit, and Integrated Gradients of the
-mistakes for the predicted and the true class side by side (use/explain.py; the last needs Captum)."""
+mistakes for the predicted and the true class side by side (inference/explain.py; the last needs Captum)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from mnistlab import plots
-from mnistlab.use.explain import METHODS, attribute, captum_available, feature_maps, first_filters
-from mnistlab.use.predict import dataset_samples, load_model
+from mnistlab.inference.explain import METHODS, attribute, captum_available, feature_maps, first_filters
+from mnistlab.inference.predict import dataset_samples, load_model
 
 DIGIT = 0  # the test digit whose feature maps question 4 shows (a 7)
 MISTAKES = 8

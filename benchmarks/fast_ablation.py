@@ -1,6 +1,6 @@
 """How the `fast` preset was chosen: train_mnist_fast's recipe, then one change at a time, 5 seeds each.
 
-    python bench/fast_ablation.py [--seeds 5] [--first-seed 0]
+    python benchmarks/fast_ablation.py [--seeds 5] [--first-seed 0]
 
 Prints one Markdown row per variant: mean / min test accuracy and mean training wall time (the engine's
 training loop only, as `mnistlab bench` reports it). Every variant is the `fast` preset with overrides.

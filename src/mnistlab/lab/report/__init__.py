@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnistlab.exercises.report.blocks import document_html, section_md
-from mnistlab.exercises.report.sections import sections
+from mnistlab.lab.report.blocks import document_html, section_md
+from mnistlab.lab.report.sections import sections
 
 TITLE = "Neural Networks Part 2: MNIST lab answers"
 

@@ -196,9 +196,9 @@ def analyse_run(run_dir: str | Path, data_dir: str | Path | None = None,
     """Questions 6 and 7 for a finished run directory: (facts, evaluation). Writes accuracy.csv/json,
     analysis.json, curves.png, and (through `evaluate_model`) confusion.png, mistakes.png, evaluation.json."""
     from mnistlab.files.runs import read_metrics
+    from mnistlab.inference.evaluate import evaluate_model
+    from mnistlab.inference.predict import load_model
     from mnistlab.plots import curves_plot
-    from mnistlab.use.evaluate import evaluate_model
-    from mnistlab.use.predict import load_model
 
     run_dir = Path(run_dir)
     history = read_metrics(run_dir)

@@ -30,13 +30,13 @@ from typing import Any
 
 import torch
 
-from mnistlab.exercises.analysis import analyse, analyse_run, write_analysis
-from mnistlab.exercises.insight import insight_figures
-from mnistlab.exercises.inspect import inspect
 from mnistlab.experiments.compare import CompareResult, compare, save_state, states_equal
 from mnistlab.experiments.sweep import SweepResult, sweep
 from mnistlab.files.checkpoints import model_metadata
 from mnistlab.files.runs import new_run_dir, read_json, write_json
+from mnistlab.lab.analysis import analyse, analyse_run, write_analysis
+from mnistlab.lab.insight import insight_figures
+from mnistlab.lab.inspect import inspect
 from mnistlab.presets import Config, resolve
 from mnistlab.tables import pct
 from mnistlab.training.run import TrainResult, init_weights, train
@@ -70,7 +70,7 @@ class LabResult:
     environment: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     jobs: int = 1
-    notebook: Any = None  # the executed lab notebook (exercises.notebook.Executed)
+    notebook: Any = None  # the executed lab notebook (lab.notebook.Executed)
 
     @property
     def train_images(self) -> int:
@@ -84,7 +84,7 @@ def lab(out: str | Path | None = None, *, quick: bool = False, data_dir: str | P
     """Run the four exercises and the quirks, execute the lab notebook (unless `notebook=False`), then write
     report.md and report.html."""
     if notebook:
-        from mnistlab.exercises.notebook import require
+        from mnistlab.lab.notebook import require
 
         require("papermill", "ipykernel", "nbconvert", "jupytext")  # before any training
     settings = dict(QUICK if quick else FULL)
@@ -149,8 +149,8 @@ def _exercise3(r: LabResult, data_dir, quiet: bool) -> None:
 
 def _exercise4(r: LabResult, data_dir, quiet: bool) -> None:
     from mnistlab.files.checkpoints import save_model
+    from mnistlab.inference.predict import LoadedModel, dataset_samples, load_model
     from mnistlab.plots import sample_grid
-    from mnistlab.use.predict import LoadedModel, dataset_samples, load_model
 
     ex4 = r.run_dir / "exercise4"
     model = r.step1.model.cpu().eval()
@@ -194,8 +194,8 @@ def _exercise4(r: LabResult, data_dir, quiet: bool) -> None:
 
 
 def _quirks(r: LabResult, data_dir, quiet: bool) -> None:
-    from mnistlab.use.evaluate import predict_split
-    from mnistlab.use.predict import load_model
+    from mnistlab.inference.evaluate import predict_split
+    from mnistlab.inference.predict import load_model
 
     q = r.run_dir / "quirks"
     epochs = r.settings["softmax_epochs"]
@@ -219,18 +219,17 @@ def _quirks(r: LabResult, data_dir, quiet: bool) -> None:
 
 
 def _notebook(r: LabResult, data_dir, quiet: bool) -> None:
-    from mnistlab.exercises.notebook import execute, parameters_for
+    from mnistlab.lab.notebook import execute, parameters_for
 
     params = parameters_for(quick=r.quick, device=r.config.device, data_dir=data_dir, amp=r.config.amp,
                             outputs=(r.run_dir / "notebook").resolve(), epochs=r.config.epochs,
                             train_subset=r.config.subset, val_size=r.config.val, seed=r.config.seed)
     r.notebook = execute(r.run_dir / "lab_notebook.ipynb", parameters=params,
                          progress=not quiet and sys.stderr.isatty())  # papermill's bar over the cells
-    r.seconds["notebook_execution"] = r.notebook.seconds
 
 
 def _write(r: LabResult, data_dir, quiet: bool) -> None:
-    from mnistlab.exercises.report import write_report
+    from mnistlab.lab.report import write_report
 
     write_report(r)
     if not quiet:
@@ -261,7 +260,7 @@ def summary_rows(r: LabResult) -> list[tuple[str, str]]:
     if r.exercise4:
         rows.append(("E4 reloaded = original", "yes, exactly" if r.exercise4["all_equal"] else "NO"))
     if r.notebook is not None and r.step1 is not None:
-        from mnistlab.exercises.report.sections import cross_check
+        from mnistlab.lab.report.sections import cross_check
 
         rows.append(("notebook E1 test acc vs lab's", cross_check(r)["short"]))
     if r.quirks:

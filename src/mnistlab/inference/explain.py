@@ -28,7 +28,7 @@ from torch import nn
 from mnistlab.data import get_spec
 from mnistlab.errors import MnistlabError
 from mnistlab.files.runs import atomic_write, write_json
-from mnistlab.use.predict import LoadedModel
+from mnistlab.inference.predict import LoadedModel
 
 METHODS = {
     "ig": "Integrated Gradients",
@@ -218,9 +218,9 @@ def explain_inputs(loaded: LoadedModel, indices: Sequence[int] = (), images: Seq
     """Test-set samples by index, the user's images (preprocessed as `predict` does) and the `mistakes` most
     confident test-set mistakes, as Inputs."""
     from mnistlab.data.preprocess import BLANK_CONTRAST
+    from mnistlab.inference.evaluate import predict_split
+    from mnistlab.inference.predict import dataset_samples, load_images
     from mnistlab.training.engine import confident_mistakes
-    from mnistlab.use.evaluate import predict_split
-    from mnistlab.use.predict import dataset_samples, load_images
 
     out: list[Input] = []
     if indices:

@@ -21,11 +21,11 @@ from torch import nn
 from mnistlab.errors import ConfigError
 from mnistlab.files.checkpoints import model_metadata
 from mnistlab.files.runs import new_run_dir, write_json
+from mnistlab.inference.evaluate import evaluate_model
+from mnistlab.inference.predict import LoadedModel, load_model
 from mnistlab.models import unwrap
 from mnistlab.presets import resolve
 from mnistlab.training.run import TrainResult, train
-from mnistlab.use.evaluate import evaluate_model
-from mnistlab.use.predict import LoadedModel, load_model
 
 
 def average_probs(outputs: Sequence[torch.Tensor]) -> torch.Tensor:

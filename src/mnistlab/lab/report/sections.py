@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mnistlab.exercises.analysis import NAMES
-from mnistlab.exercises.report.blocks import Block, Section
+from mnistlab.lab.analysis import NAMES
+from mnistlab.lab.report.blocks import Block, Section
 from mnistlab.stats import accuracy_halfwidth, difference_halfwidth
 from mnistlab.tables import pct, pts
 

@@ -1,1 +1,0 @@
-"""Using a trained model: load and predict, evaluate (the one fp32 evaluation), ensembles, export."""
