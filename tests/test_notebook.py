@@ -102,11 +102,23 @@ def test_a_failing_cell_names_the_cell_and_keeps_the_notebook(mnist_dir, tmp_pat
     assert "\n" not in message and out.is_file() and not list(tmp_path.glob(".nb.*"))
 
 
+def test_the_epoch_lines_reach_the_terminal_as_they_are_printed():
+    said: list[str] = []
+    sink = lab_notebook.EpochLines(said.append)
+    sink.write("torch 2.x; outputs in /tmp\nadam epoch 1: train_acc 90.03%, val_acc 95.1")  # a line in two writes
+    assert said == []
+    sink.write("0%, train loss 0.3100 (4.2 s)\nQ1 batch size: 32\nsgd momentum=0.9 epoch 12: test_acc 97.00%\n")
+    assert said == ["adam epoch 1: train_acc 90.03%, val_acc 95.10%, train loss 0.3100 (4.2 s)",
+                    "sgd momentum=0.9 epoch 12: test_acc 97.00%"]
+
+
 @pytest.fixture(scope="module")
 def executed(mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("notebook") / "mnist_lab.ipynb"
     params = lab_notebook.parameters_for(quick=True, device="cpu", data_dir=mnist_dir, amp="off")
-    done = execute(out, parameters=params)
+    echoed: list[str] = []
+    done = execute(out, parameters=params, echo=echoed.append)
+    done.echoed = echoed
     return done, nbformat.read(out, as_version=4)
 
 
@@ -119,6 +131,11 @@ def test_every_cell_runs_and_exercise_1_is_saved_per_epoch(executed):
     with (done.outputs / "exercise1_accuracy.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == list(range(1, QUICK["epochs"] + 1))
+    # each epoch's line reached the caller while the notebook ran (what `mnistlab lab` prints), as printed there
+    first = [line for line in done.echoed if line.startswith("adam epoch ")][: QUICK["epochs"]]
+    assert [line.split(":")[0] for line in first] == [f"adam epoch {e}" for e in range(1, QUICK["epochs"] + 1)]
+    printed = "".join(o.get("text", "") for c in _code(nb) for o in c.outputs if o.output_type == "stream")
+    assert all(line in printed for line in done.echoed)
     assert len(done.exercise1) == QUICK["epochs"] and done.test_acc == float(rows[-1]["test_acc"])
     assert done.html.is_file() and "NnDigitsClassifier" in done.html.read_text()
     for name in ("exercise1_curves.png", "exercise2_validation.png", "exercise3_optimizers.png",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from mnistlab.cli.common import add_device_option
@@ -46,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
     params = parameters_for(quick=args.quick, device=args.device, data_dir=args.data_dir, amp=args.amp)
     print(f"executing the lab notebook on {params['device_name']} "
           f"({'bf16 autocast' if params['bf16'] else 'fp32'}{', quick' if args.quick else ''}) -> {out}", flush=True)
-    done = execute(out, parameters=params, progress=sys.stderr.isatty())
+    done = execute(out, parameters=params, echo=lambda line: print(line, flush=True))  # its epochs, live
     print(f"executed in {done.seconds:.0f} s: {done.ipynb}  html: {done.html}  files: {done.outputs}")
     return 0

@@ -37,7 +37,7 @@ from mnistlab.files.runs import new_run_dir, write_json
 from mnistlab.presets import Config
 from mnistlab.training.device import amp_dtype, pick_device
 from mnistlab.training.distributed import DistEnv
-from mnistlab.training.engine import Callback, fit
+from mnistlab.training.engine import Callback, FitPlan, fit
 from mnistlab.training.optim import make_optimizer
 from mnistlab.training.run import Prepared, build, load_data, step_options, wrap
 
@@ -170,8 +170,8 @@ def run_lr_find(spec: LrFindSpec) -> LrFindResult:
     net = wrap(prepared, cfg, DistEnv())  # what train() trains: torch.compile
     reader = _RampReader(start_lr, growth, steps, smoothing, diverge)
     try:  # the engine's own step; the reader ends the ramp from inside the epoch
-        fit(net, optimizer, data.train, {}, epochs=sys.maxsize, scheduler=ramp, schedule_per_step=True,
-            step=step_options(cfg, prepared.amp), callbacks=[reader])
+        fit(net, optimizer, data.train, {}, FitPlan(epochs=sys.maxsize, scheduler=ramp, schedule_per_step=True,
+                                                    step=step_options(cfg, prepared.amp), callbacks=[reader]))
     except _RampOver:
         pass
     lrs, losses, smoothed, stopped = reader.lrs, reader.losses, reader.smoothed, reader.stopped

@@ -254,11 +254,32 @@ def _compare_class(probs: torch.Tensor, pred: int, label: int | None, target: in
     return int(probs.topk(2).indices[1]), "runner-up"
 
 
-def explain(loaded: LoadedModel, inputs: Sequence[Input], methods: Sequence[str] = ("ig",),
-            target: int | None = None, out: str | Path = "explain", title: str = "") -> dict[str, Any]:
-    """Write into `out`: the first convolution's filters, each input's feature maps, per method one heat-map
-    figure per input (predicted class beside a second class) and one of every input, explain.json and a
-    README.md saying what each file shows. Returns explain.json's content."""
+@dataclass
+class Explanations:
+    """What `explanations` computed for a model and its inputs, before anything is drawn or written."""
+
+    loaded: LoadedModel
+    inputs: Sequence[Input]
+    live: list[Input]  # the inputs that are not blank, in order: the rows of every tensor below
+    methods: Sequence[str]
+    target: int | None
+    filters: tuple[str, torch.Tensor] | None  # the first convolution's name and weights
+    feature_maps: list[list[tuple[str, torch.Tensor]]]  # per live input, each convolution's output
+    results: dict[str, tuple[Attribution, Attribution]]  # per method: for the predicted class, the second class
+    probs: torch.Tensor  # (live, classes)
+    preds: list[int]
+    notes: list[str]
+
+    def second(self, i: int) -> tuple[int, str]:
+        """The class shown beside live input i's prediction, and why it is that one."""
+        return _compare_class(self.probs[i], self.preds[i], self.live[i].label, self.target)
+
+
+def explanations(loaded: LoadedModel, inputs: Sequence[Input], methods: Sequence[str] = ("ig",),
+                 target: int | None = None) -> Explanations:
+    """Per method, each input's attributions for its predicted class and a second class (`--target`, else the
+    true class of a mistake, else the runner-up); the first convolution's filters and each input's feature
+    maps. Checks the methods, the target and that something is left to explain (MnistlabError otherwise)."""
     for m in methods:
         check_method(m)
         _check_gradients(loaded, m)
@@ -270,77 +291,98 @@ def explain(loaded: LoadedModel, inputs: Sequence[Input], methods: Sequence[str]
     _captum()
     if not inputs:
         raise MnistlabError("nothing to explain: give --index, --image or --mistakes")
-    out = Path(out)
-    if out.exists() and not (out / "explain.json").is_file() and any(out.iterdir()):
-        raise MnistlabError(f"{out} exists and was not written by mnistlab explain; choose another --out")
-    if out.exists():  # an earlier explain: start clean, so no figure of other inputs stays behind
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    from mnistlab import plots
-
-    names = _classes(loaded)
-    notes: list[str] = []
-    files: dict[str, str] = {}
     live = [x for x in inputs if not x.blank]
-    for x in inputs:
-        if x.blank:
-            notes.append(f"{x.name}: blank image, no digit found: nothing to explain")
-    filt = first_filters(loaded)
-    if filt is None:
-        notes.append(f"model {loaded.name!r} has no convolution: no filters or feature maps to show")
-    else:
-        fname, w = filt
-        files["filters"] = plots.filters_plot(
-            w, out / f"filters-{fname.replace('.', '-')}.png",
-            title=f"{loaded.name}: the {len(w)} learned {w.shape[1]}x{w.shape[2]} filters of {fname}").name
-    records: list[dict[str, Any]] = [{"input": x.name, "label": x.label, "blank": True} for x in inputs if x.blank]
+    notes = [f"{x.name}: blank image, no digit found: nothing to explain" for x in inputs if x.blank]
     if not live:
         raise MnistlabError("every input is blank: nothing to explain")
+    filters = first_filters(loaded)
+    if filters is None:
+        notes.append(f"model {loaded.name!r} has no convolution: no filters or feature maps to show")
     images = torch.stack([x.image.reshape(28, 28).float() for x in live])
     results: dict[str, tuple[Attribution, Attribution]] = {}
     for m in methods:
         pred_att = attribute(loaded, images, m)
         probs = pred_att.probabilities
         second = [_compare_class(p, t, x.label, target) for p, t, x in zip(probs, pred_att.targets, live, strict=True)]
-        other_att = attribute(loaded, images, m, [c for c, _ in second])
-        results[m] = (pred_att, other_att)
+        results[m] = (pred_att, attribute(loaded, images, m, [c for c, _ in second]))
     probs = next(iter(results.values()))[0].probabilities
-    preds = probs.argmax(1).tolist()
-    for i, x in enumerate(live):
-        n = f"{i + 1:02d}-{x.slug}"
+    maps = [feature_maps(loaded, x.image) for x in live] if filters is not None else []
+    return Explanations(loaded, inputs, live, methods, target, filters, maps, results, probs,
+                        probs.argmax(1).tolist(), notes)
+
+
+def write_explanations(e: Explanations, out: str | Path = "explain", title: str = "") -> dict[str, Any]:
+    """Write into `out`: the first convolution's filters, each input's feature maps, per method one heat-map
+    figure per input (predicted class beside the second class) and one of every input, explain.json and a
+    README.md saying what each file shows. Returns explain.json's content."""
+    from mnistlab import plots
+
+    out = _fresh_folder(out)
+    loaded, names, files = e.loaded, _classes(e.loaded), {}
+    if e.filters is not None:
+        fname, w = e.filters
+        files["filters"] = plots.filters_plot(
+            w, out / f"filters-{fname.replace('.', '-')}.png",
+            title=f"{loaded.name}: the {len(w)} learned {w.shape[1]}x{w.shape[2]} filters of {fname}").name
+    records: list[dict[str, Any]] = [{"input": x.name, "label": x.label, "blank": True} for x in e.inputs if x.blank]
+    for i, x in enumerate(e.live):
+        n, pred = f"{i + 1:02d}-{x.slug}", e.preds[i]
+        other, why = e.second(i)
         rec: dict[str, Any] = {
-            "input": x.name, "label": x.label, "blank": False, "prediction": preds[i],
-            "probabilities": [round(float(v), 6) for v in probs[i]], "files": {}, "attributions": [],
+            "input": x.name, "label": x.label, "blank": False, "prediction": pred,
+            "probabilities": [round(float(v), 6) for v in e.probs[i]], "files": {}, "attributions": [],
         }
-        if filt is not None:
-            fm = feature_maps(loaded, x.image)
+        if e.feature_maps:
             rec["files"]["feature_maps"] = plots.feature_maps_plot(
-                x.image, fm, out / f"{n}-feature-maps.png",
+                x.image, e.feature_maps[i], out / f"{n}-feature-maps.png",
                 title=f"{x.name}: the output of each convolution of {loaded.name} (before its activation)").name
-        for m, (pa, oa) in results.items():
-            other, why = _compare_class(probs[i], preds[i], x.label, target)
-            for att, cls, role in ((pa, preds[i], "predicted"), (oa, other, why)):
+        for m, (pa, oa) in e.results.items():
+            for att, cls, role in ((pa, pred, "predicted"), (oa, other, why)):
                 rec["attributions"].append({
                     "method": m, "class": cls, "role": role, "settings": att.settings,
                     "sum": round(float(att.maps[i].sum()), 6),
                     "convergence_delta": None if att.delta is None else round(att.delta[i], 6)})
             rec["files"][m] = plots.attribution_plot(
-                [_row(x, names, preds[i], probs[i], pa.maps[i], other, why, oa.maps[i])],
+                [_row(x, names, pred, e.probs[i], pa.maps[i], other, why, oa.maps[i])],
                 out / f"{n}-{m}.png", title=f"{METHODS[m]}: which pixels speak for each class").name
         records.append(rec)
-    for m, (pa, oa) in results.items():
-        rows = [_row(x, names, preds[i], probs[i], pa.maps[i], oa.targets[i],
-                     _compare_class(probs[i], preds[i], x.label, target)[1], oa.maps[i])
-                for i, x in enumerate(live)]
+    for m, (pa, oa) in e.results.items():
+        rows = [_row(x, names, e.preds[i], e.probs[i], pa.maps[i], oa.targets[i], e.second(i)[1], oa.maps[i])
+                for i, x in enumerate(e.live)]
         files[f"all-{m}"] = plots.attribution_plot(
             rows, out / f"all-{m}.png", title=f"{METHODS[m]} of {loaded.name}: red pixels speak for the class, "
                                                "blue against it").name
     result = {"model": loaded.name, "file": str(loaded.path), "format": loaded.format, "dataset": loaded.dataset,
-              "methods": {m: METHODS[m] for m in methods}, "target": target, "files": files, "notes": notes,
-              "inputs": records}
+              "methods": {m: METHODS[m] for m in e.methods}, "target": e.target, "files": files,
+              "notes": e.notes, "inputs": records}
     write_json(out / "explain.json", result)
     atomic_write(out / "README.md", readme(result, title))
     return result
+
+
+def _check_out(out: str | Path) -> Path:
+    """`out` if explain may write there: a new folder, an empty one or an earlier explain's."""
+    out = Path(out)
+    if out.exists() and not (out / "explain.json").is_file() and any(out.iterdir()):
+        raise MnistlabError(f"{out} exists and was not written by mnistlab explain; choose another --out")
+    return out
+
+
+def _fresh_folder(out: str | Path) -> Path:
+    """`out` emptied (an earlier explain's: no figure of other inputs stays behind) or made."""
+    out = _check_out(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
+def explain(loaded: LoadedModel, inputs: Sequence[Input], methods: Sequence[str] = ("ig",),
+            target: int | None = None, out: str | Path = "explain", title: str = "") -> dict[str, Any]:
+    """`explanations` of `inputs`, written into `out` (`write_explanations`); returns explain.json's content.
+    An `out` that holds anything but an earlier explain is refused before anything is computed."""
+    _check_out(out)
+    return write_explanations(explanations(loaded, inputs, methods, target), out, title)
 
 
 def _row(x: Input, names: list[str], pred: int, probs: torch.Tensor, pmap: torch.Tensor, other: int, why: str,

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,10 +98,35 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
+# What the notebook's fit() prints after each epoch: "adam epoch 3: train_acc 98.10%, ...".
+EPOCH_LINE = re.compile(r"^[\w .=-]+ epoch \d+: ")
+
+
+class EpochLines:
+    """A file-like sink for the notebook's standard output that hands `say` the lines a person waits for
+    while it trains: one per epoch, as `mnistlab train` prints them (the rest stays in the notebook)."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say, self.pending = say, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if EPOCH_LINE.match(line):
+                self.say(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def execute(out: str | Path, *, parameters: dict[str, Any] | None = None, kernel: str = "python3",
-            progress: bool = False, timeout: float | None = None) -> Executed:
+            progress: bool = False, timeout: float | None = None,
+            echo: Callable[[str], None] | None = None) -> Executed:
     """Run the notebook through a Jupyter kernel into `out` (.ipynb) and `out` with .html; the notebook's own
     files (CSV, figures, saved model) go to parameters["out_dir"], by default `<out stem>_outputs` beside it.
+    `echo` is handed each epoch's line as the notebook prints it (`EpochLines`); `progress` shows papermill's
+    bar over the cells.
 
     The executed notebook is written to a temporary name and moved into place, so `out` is never half written.
     A cell that raises gives NotebookError naming the cell and the error; the partly executed notebook is kept
@@ -125,6 +152,7 @@ def execute(out: str | Path, *, parameters: dict[str, Any] | None = None, kernel
     try:
         papermill.execute_notebook(str(source), str(partial), parameters=params, kernel_name=kernel,
                                    cwd=str(outputs), progress_bar=progress, log_output=False,
+                                   stdout_file=EpochLines(echo) if echo is not None else None,
                                    execution_timeout=timeout, extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except PapermillExecutionError as e:
         failure = NotebookError(f"the notebook failed in cell {e.cell_index} (execution count {e.exec_count}): "

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,8 +223,8 @@ def _notebook(r: LabResult, data_dir, quiet: bool) -> None:
     params = parameters_for(quick=r.quick, device=r.config.device, data_dir=data_dir, amp=r.config.amp,
                             outputs=(r.run_dir / "notebook").resolve(), epochs=r.config.epochs,
                             train_subset=r.config.subset, val_size=r.config.val, seed=r.config.seed)
-    r.notebook = execute(r.run_dir / "lab_notebook.ipynb", parameters=params,
-                         progress=not quiet and sys.stderr.isatty())  # papermill's bar over the cells
+    r.notebook = execute(r.run_dir / "lab_notebook.ipynb", parameters=params,  # its epochs, as it trains them
+                         echo=None if quiet else lambda line: print(f"  notebook: {line}", flush=True))
 
 
 def _write(r: LabResult, data_dir, quiet: bool) -> None:

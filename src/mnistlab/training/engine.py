@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 import torch
@@ -155,41 +155,43 @@ def confident_mistakes(labels: torch.Tensor, preds: torch.Tensor, confidence: to
     return order if k is None else order[:k]
 
 
-def fit(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    train: DeviceLoader,
-    evals: dict[str, DeviceLoader],
-    *,
-    epochs: int,
-    start_epoch: int = 0,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    schedule_per_step: bool = False,
-    step: StepOptions = StepOptions(),
-    callbacks: Sequence[Callback] = (),
-    history: list[EpochMetrics] | None = None,
-    eval_model: Callable[[], nn.Module] | None = None,
-) -> list[EpochMetrics]:
-    """Train epochs `start_epoch+1 .. epochs`, evaluating on each of `evals` after every epoch.
+@dataclass
+class FitPlan:
+    """How `fit` trains, besides what (model, optimizer) and on what (the loaders): epochs `start_epoch+1 ..
+    epochs`; the learning-rate `scheduler`, stepped after every batch with `schedule_per_step`, else after
+    every epoch; how each step runs (`step`); the `callbacks`, in the order they are called; the `history` of
+    the epochs before `start_epoch` when resuming; and `eval_model`, called after each epoch for the module to
+    evaluate instead of the model (a weight average that a callback updates)."""
 
-    Returns the history, one EpochMetrics per epoch (`history` holds earlier epochs when resuming).
-    `eval_model`, when given, is called after each epoch for the module to evaluate instead of `model`
-    (e.g. a weight average that a callback updates).
-    """
-    history = list(history or [])
+    epochs: int
+    start_epoch: int = 0
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    schedule_per_step: bool = False
+    step: StepOptions = field(default_factory=StepOptions)
+    callbacks: Sequence[Callback] = ()
+    history: list[EpochMetrics] = field(default_factory=list)
+    eval_model: Callable[[], nn.Module] | None = None
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: DeviceLoader, evals: dict[str, DeviceLoader],
+        plan: FitPlan) -> list[EpochMetrics]:
+    """Train `model` with `optimizer` on `train` as `plan` says, evaluating on each of `evals` after every
+    epoch. Returns the history, one EpochMetrics per epoch, the plan's earlier epochs first."""
+    history = list(plan.history)
+    scheduler, step, callbacks = plan.scheduler, plan.step, plan.callbacks
     with cpu_training_mode(train.device):
         model.train()
         for cb in callbacks:
             cb.on_train_start(model, optimizer, train)
-        for epoch in range(start_epoch + 1, epochs + 1):
+        for epoch in range(plan.start_epoch + 1, plan.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
-            trained = train_epoch(model, optimizer, train, epoch, scheduler if schedule_per_step else None,
+            trained = train_epoch(model, optimizer, train, epoch, scheduler if plan.schedule_per_step else None,
                                   step, callbacks)
-            if scheduler is not None and not schedule_per_step:
+            if scheduler is not None and not plan.schedule_per_step:
                 scheduler.step()
             row = EpochMetrics(epoch=epoch, train_loss=trained["train_loss"], train_acc=trained["train_acc"])
             t0 = time.perf_counter()
-            judged = model if eval_model is None else eval_model()
+            judged = model if plan.eval_model is None else plan.eval_model()
             for name, loader in evals.items():
                 m = evaluate(judged, loader, step.double_softmax)
                 row[f"{name}_loss"], row[f"{name}_acc"], row[f"{name}_n"] = m["loss"], m["acc"], m["n"]

@@ -31,7 +31,7 @@ from mnistlab.training import distributed, tensorboard
 from mnistlab.training.augment import RandomAffine
 from mnistlab.training.callbacks import EarlyStopping, RunWriter, WeightAverage, set_rng_state
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, describe_precision, pick_device
-from mnistlab.training.engine import Callback, EpochMetrics, StepOptions, fit
+from mnistlab.training.engine import Callback, EpochMetrics, FitPlan, StepOptions, fit
 from mnistlab.training.optim import make_optimizer, make_scheduler
 from mnistlab.training.progress import Progress
 
@@ -152,12 +152,11 @@ def train(
         else:
             done = "; nothing to do" if prep.start_epoch >= cfg.epochs else ""
             print(f"resuming {resume} after epoch {prep.start_epoch}/{cfg.epochs}{done}", flush=True)
-    history = fit(
-        net, prep.optimizer, prep.data.train, prep.data.evals,
-        epochs=prep.start_epoch if stopped else cfg.epochs, start_epoch=prep.start_epoch,
-        scheduler=prep.scheduler, schedule_per_step=prep.schedule_per_step, step=step_options(cfg, prep.amp),
-        callbacks=cbs, history=prep.history, eval_model=prep.averager.for_eval if prep.averager else None,
-    )
+    plan = FitPlan(epochs=prep.start_epoch if stopped else cfg.epochs, start_epoch=prep.start_epoch,
+                   scheduler=prep.scheduler, schedule_per_step=prep.schedule_per_step,
+                   step=step_options(cfg, prep.amp), callbacks=cbs, history=prep.history,
+                   eval_model=prep.averager.for_eval if prep.averager else None)
+    history = fit(net, prep.optimizer, prep.data.train, prep.data.evals, plan)
     final = prep.model if prep.averager is None else prep.averager.average.module  # what was evaluated
     result = TrainResult(run_dir, cfg, history, final)
     if prep.stopper is not None and prep.stopper.best_state is not None:
