@@ -215,6 +215,8 @@ def read_run_config(run_dir: str | Path) -> tuple[Config, list[str]]:
     behaviour, and is listed in the second value. A missing or unreadable file is a ConfigError naming it.
     """
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"{run_dir}: not found (a run directory holds config.json)")
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no config.json (not a run directory?)")
     return stored_config(read_settings(path, str(path)), str(path))
