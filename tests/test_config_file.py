@@ -96,7 +96,10 @@ def test_a_runs_config_has_one_strict_reader_that_says_what_it_filled(monkeypatc
     with pytest.raises(ConfigError, match=r"config.json: not valid JSON"):
         (tmp_path / "config.json").write_text('{"epochs": 2')
         read_run_config(tmp_path)
-    with pytest.raises(ConfigError, match=r"no config.json \(not a run directory\?\)"):
+    with pytest.raises(ConfigError, match=r"elsewhere: not found"):
         read_run_config(tmp_path / "elsewhere")
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ConfigError, match=r"no config.json \(not a run directory\?\)"):
+        read_run_config(tmp_path)
     monkeypatch.setitem(presets.RENAMED, "holdout", "val")  # a key renamed in a later version
     assert read_run_config(stored({"holdout": 100}))[0].val == 100
