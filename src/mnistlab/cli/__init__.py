@@ -31,6 +31,7 @@ COMMANDS = [
     "lr_find",
     "lab",
     "notebook",
+    "check",
 ]
 
 
