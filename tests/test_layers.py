@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"training"},
     {"use"},
     {"experiments"},
-    {"exercises", "serve"},
+    {"exercises", "serve", "grading"},
     {"bench"},
     {"cli"},
     {"__init__", "__main__"},

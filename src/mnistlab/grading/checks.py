@@ -207,11 +207,17 @@ def check_free_text(a: Answer | None, out: OutputFacts) -> Result:
     return Result("review", a.text, None, evidence or ["nothing printed per epoch"])
 
 
-def _epoch_of(text: str, number: str) -> int | None:
+def _epoch_of(text: str, number: str) -> tuple[int | None, str | None]:
+    """The epoch named on the answer's line that quotes `number`, and the split named just before it."""
     for line in text.splitlines():
         if number in line and (m := re.search(r"\bepoch\s*(\d+)", line, re.I)):
-            return int(m.group(1))
-    return None
+            before = line[: line.index(number)].lower().split()
+            word = next((w for w in reversed(before) if w.strip(":,(") in SPLIT_WORDS), None)
+            return int(m.group(1)), SPLIT_WORDS.get(word.strip(":,(")) if word else None
+    return None, None
+
+
+SPLIT_WORDS = {"train": "train", "training": "train", "validation": "val", "val": "val", "test": "test"}
 
 
 def check_accuracy_per_epoch(a: Answer | None, out: OutputFacts) -> Result:
@@ -227,13 +233,18 @@ def check_accuracy_per_epoch(a: Answer | None, out: OutputFacts) -> Result:
     if not claimed:
         return Result("mismatch", a.text, found, ["the answer quotes no accuracy", cite])
     offset = run.epochs[0].epoch - 1  # a run printed from epoch 0 is answered from epoch 1
-    for number in claimed:
+    by_position = len(claimed) == len(run.epochs)  # one number per epoch, in order
+    for i, number in enumerate(claimed):
         if any(agrees(number, p.text) for p in printed):
             continue
-        epoch = _epoch_of(a.text, number)
+        epoch, split = _epoch_of(a.text, number)
         row = next((e for e in run.epochs if epoch is not None and e.epoch == epoch + offset), None)
+        if row is None and by_position:
+            row = run.epochs[i]
+            split = max(row.acc, key=lambda k: sum(k in e.acc and agrees(c, e.acc[k].text)
+                                                   for c, e in zip(claimed, run.epochs, strict=True)))
         if row is not None:
-            values = ", ".join(p.text for p in row.acc.values())
+            values = row.acc[split].text if split in row.acc else ", ".join(p.text for p in row.acc.values())
             why = f"the answer says {number}, epoch {row.epoch} printed {values}"
         else:
             near = min(printed, key=lambda p: abs(p.value - float(number)))
