@@ -32,6 +32,7 @@ COMMANDS = [
     "lab",
     "notebook",
     "check",
+    "grade",
 ]
 
 

@@ -356,10 +356,28 @@ def claimed_test_accuracies(nb: Notebook, out: OutputFacts, answers: dict[str, R
     return claimed
 
 
-def check_notebook(path: str | Path, weights: str | Path | None = None, test_set: Any = None,
-                   shared_folder: bool = False) -> dict[str, Any]:
-    """The report of one notebook (the `mnistlab check --json` object). `weights`: a weight file, else the
-    ones beside the notebook; `test_set`: a `weights.TestSet` already read (else read here when needed)."""
+@dataclass
+class Checked:
+    """A notebook's report (the `mnistlab check --json` object) with what it was read from."""
+
+    report: dict[str, Any]
+    notebook: Notebook
+    outputs: OutputFacts
+
+    @property
+    def exercise1_test_acc(self) -> float | None:
+        """Exercise 1's final test accuracy as printed: the first run's last epoch, else a test line."""
+        runs = [r for r in self.outputs.runs[:1] if "test" in r.epochs[-1].acc]
+        if runs:
+            return runs[0].epochs[-1].acc["test"].value
+        return self.outputs.test_lines[0].value if self.outputs.test_lines else None
+
+
+def examine(path: str | Path, weights: str | Path | None = None, test_set: Any = None,
+            shared_folder: bool = False) -> Checked:
+    """Check the notebook at `path`. `weights`: a weight file, else the ones beside the notebook (in a
+    `shared_folder` of several students' notebooks, only those named after it); `test_set`: a
+    `weights.TestSet` already read (else read here when needed). ConfigError when it cannot be read."""
     nb = read_notebook(path)
     code, out = read_code(nb), read_outputs(nb)
     cells = nb.code()
@@ -371,8 +389,15 @@ def check_notebook(path: str | Path, weights: str | Path | None = None, test_set
     from mnistlab.grading.weights import check_weights
 
     w = check_weights(nb, code, claimed_test_accuracies(nb, out, results), weights, test_set, shared_folder)
-    findings = (not executed or not in_order or errors or w is not None and w["status"] != "ok" and
-                w["status"] != "review" or any(r.status in ("mismatch", "missing") for r in results.values()))
-    return {"notebook": str(path), "executed": executed, "in_order": in_order, "errors": errors,
-            "questions": {q: results[q].json() for q in QUESTIONS}, "weights": w,
-            "status": "findings" if findings else "ok"}
+    findings = (not executed or not in_order or errors or (w is not None and w["status"] not in ("ok", "review"))
+                or any(r.status in ("mismatch", "missing") for r in results.values()))
+    report = {"notebook": str(path), "executed": executed, "in_order": in_order, "errors": errors,
+              "questions": {q: results[q].json() for q in QUESTIONS}, "weights": w,
+              "status": "findings" if findings else "ok"}
+    return Checked(report, nb, out)
+
+
+def check_notebook(path: str | Path, weights: str | Path | None = None, test_set: Any = None,
+                   shared_folder: bool = False) -> dict[str, Any]:
+    """The report of one notebook (the `mnistlab check --json` object); see `examine`."""
+    return examine(path, weights, test_set, shared_folder).report

@@ -6,6 +6,8 @@ fetched).
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from mnistlab.grading import QUESTIONS, TITLES
@@ -70,3 +72,127 @@ def feedback_sections(student: str, report: dict[str, Any], points: dict[str, An
     headers = ["question", "status", "your answer", "checked against"] + (["points"] if points is not None else [])
     return [("Your notebook", [("p", intro), ("list", summary_lines(report))]),
             ("Each question", [("table", headers, rows)])]
+
+
+# ------------------------------------------------------------------ a class
+def file_name(student: str) -> str:
+    """A student's name as a file name: no path separators, no leading dot."""
+    return re.sub(r"[^\w.-]+", "_", student).strip("._") or "student"
+
+
+def _claimed(record: dict[str, Any]) -> float | None:
+    w = (record.get("report") or {}).get("weights")
+    if w and w.get("claimed"):
+        return w["claimed"][0]  # the reported test accuracy nearest the weights' own score
+    return record.get("exercise1_test_acc")
+
+
+def rows(records: list[dict[str, Any]], dups: list[dict[str, Any]], rubric: dict[str, float]) -> list[dict]:
+    """grades.csv's rows: one per student."""
+    partners: dict[str, list[str]] = {}
+    for d in dups:
+        partners.setdefault(d["a"], []).append(d["b"])
+        partners.setdefault(d["b"], []).append(d["a"])
+    out = []
+    for r in records:
+        report = r.get("report") or {}
+        questions = report.get("questions") or {}
+        points = r["points"]
+        w = report.get("weights") or {}
+        row = {"student": r["student"], "status": r["status"]}
+        row.update({q: questions[q]["status"] if q in questions else "" for q in QUESTIONS})
+        row.update({f"points_{q}": "" if points[q] is None else f"{points[q]:g}" for q in QUESTIONS})
+        row["total"] = f"{sum(p for p in points.values() if p is not None):g}"
+        row["max_total"] = f"{sum(rubric.values()):g}"
+        row["weights_test_acc"] = "" if w.get("test_acc") is None else f"{w['test_acc']:.2f}"
+        claimed = _claimed(r)
+        row["claimed_test_acc"] = "" if claimed is None else f"{claimed:.2f}"
+        row["duplicate_of"] = ";".join(partners.get(r["student"], []))
+        row["needs_review"] = str(any(p is None for p in points.values()) or r["status"] not in ("ok", "findings")
+                                  or r["student"] in partners).lower()
+        out.append(row)
+    return out
+
+
+def _student_page(record: dict[str, Any]) -> str:
+    from mnistlab.exercises.report.blocks import document_html
+
+    title = f"Lab feedback: {record['student']}"
+    if record.get("report") is None:
+        return document_html(title, [("Your submission", [("p", f"It could not be checked: {record['status']}: "
+                                                                f"{record.get('problem') or 'no notebook'}.")])])
+    return document_html(title, feedback_sections(record["student"], record["report"], record["points"]))
+
+
+def class_sections(records: list[dict[str, Any]], dups: list[dict[str, Any]], table: list[dict],
+                   figure: Path | None) -> list:
+    """class.html's sections: the class, Exercise 1's accuracies, Exercise 2, every question side by side,
+    the duplicates."""
+    counts = {s: sum(r["status"] == s for r in records) for s in sorted({r["status"] for r in records})}
+    overview = [("p", f"{len(records)} students: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ". Points are "
+                 "proposals: `ok` full points, `mismatch` and `missing` 0, `review` blank for you to fill in."),
+                ("table", ["student", "status", "total", "weights test acc", "claimed", "duplicate of", "needs review"],
+                 [[t["student"], t["status"], f"{t['total']} / {t['max_total']}", t["weights_test_acc"],
+                   t["claimed_test_acc"], t["duplicate_of"], t["needs_review"]] for t in table])]
+    accs = [(r["student"], r["exercise1_test_acc"]) for r in records if r.get("exercise1_test_acc") is not None]
+    ex1: list = []
+    if accs:
+        values = sorted(a for _, a in accs)
+        ex1.append(("p", f"{len(values)} notebooks printed a test accuracy for Exercise 1: median "
+                         f"{values[len(values) // 2]:.2f}%, lowest {values[0]:.2f}%, highest {values[-1]:.2f}%."))
+        if figure is not None:
+            ex1.append(("img", figure, "Exercise 1: the class's final test accuracies"))
+        ranked = sorted(accs, key=lambda x: x[1])
+        ex1.append(("table", ["student", "test accuracy"], [[s, f"{a:.2f}%"] for s, a in ranked]))
+    else:
+        ex1.append(("p", "No notebook printed a test accuracy for Exercise 1."))
+    ex2 = []
+    for r in records:
+        q = ((r.get("report") or {}).get("questions") or {}).get("2")
+        if q and q["status"] != "missing":
+            f = q["found"] or {}
+            ex2.append([r["student"], "" if f.get("lr") is None else f"{f['lr']:g}",
+                        "" if f.get("epochs") is None else str(f["epochs"]),
+                        "" if f.get("test_acc") is None else f"{f['test_acc']:.2f}%",
+                        "" if r.get("exercise1_test_acc") is None else f"{r['exercise1_test_acc']:.2f}%", q["status"]])
+    sections = [("The class", overview), ("Exercise 1: test accuracy", ex1),
+                ("Exercise 2: chosen settings and their results",
+                 [("table", ["student", "learning rate", "epochs", "test accuracy", "Exercise 1's", "status"], ex2)]
+                 if ex2 else [("p", "No Exercise 2 answers.")])]
+    for q in QUESTIONS:
+        answers = []
+        for r in records:
+            item = ((r.get("report") or {}).get("questions") or {}).get(q)
+            if item is not None:
+                answers.append([r["student"], item["status"], short(item["answer"], 600) or "-",
+                                short(item["evidence"][0] if item["evidence"] else "", 200)])
+        sections.append((f"{q} {TITLES[q]}", [("table", ["student", "status", "answer", "evidence"], answers)]))
+    sections.append(("Duplicates", [("table", ["student", "student", "identical"],
+                                     [[d["a"], d["b"], ", ".join(d["shared"])] for d in dups])] if dups else
+                     [("p", "No two submissions share their code and outputs, weights or answers.")]))
+    return sections
+
+
+def write_class(out: Path, records: list[dict[str, Any]], dups: list[dict[str, Any]],
+                rubric: dict[str, float]) -> dict[str, Any]:
+    """grades.csv, grades.json, feedback/<student>.html and class.html in `out`, each written atomically."""
+    from mnistlab.exercises.report.blocks import document_html
+    from mnistlab.files.runs import atomic_write, write_json
+    from mnistlab.plots import histogram_plot
+    from mnistlab.tables import csv_text
+
+    table = rows(records, dups, rubric)
+    files: dict[str, Any] = {"csv": atomic_write(out / "grades.csv", csv_text(table))}
+    files["json"] = write_json(out / "grades.json", {"rubric": rubric, "students": [
+        {**t, "report": r.get("report"), "problem": r.get("problem")} for t, r in zip(table, records, strict=True)],
+        "duplicates": dups})
+    for r in records:
+        atomic_write(out / "feedback" / f"{file_name(r['student'])}.html", _student_page(r))
+    accs = [r["exercise1_test_acc"] for r in records if r.get("exercise1_test_acc") is not None]
+    figure = histogram_plot(accs, out / "class_test_acc.png", "Exercise 1 test accuracy (%)") if accs else None
+    files["html"] = atomic_write(out / "class.html",
+                                 document_html("The class's lab notebooks", class_sections(records, dups, table,
+                                                                                             figure)))
+    files["students"] = len(records)
+    files["table"] = table
+    return files
