@@ -255,8 +255,9 @@ def check_accuracy_per_epoch(a: Answer | None, out: OutputFacts) -> Result:
 
 
 def _printed_numbers(nb: Notebook) -> list[Printed]:
-    return [Printed(c.number, line.strip(), m.group(1)) for c in nb.code() for line in c.text.splitlines()
-            for m in re.finditer(r"(?<![\w.])(\d{1,3}\.\d+)", line)]
+    return [Printed(c.number, line.strip(), m.group(1) or m.group(2)) for c in nb.code()
+            for line in c.text.splitlines()
+            for m in re.finditer(r"(?<![\w.])(\d{1,3}\.\d+)|(?<![\w.])(\d{1,3})\s*%", line)]
 
 
 def _percentages_printed(a: Answer, nb: Notebook) -> str | None:

@@ -109,23 +109,34 @@ def load_lab_weights(path: str | Path) -> LoadedModel:
 
 @dataclass
 class TestSet:
-    """MNIST's 10,000 test images, read once and shared by every score."""
+    """MNIST's 10,000 test images, read once (at the first score) and shared by every score after it."""
 
-    images: Any
-    labels: Any
+    data_dir: str | Path | None = None
+    images: Any = None
+    labels: Any = None
     loaders: dict[Any, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, data_dir: str | Path | None = None) -> TestSet:
-        from mnistlab.data import load_split
+        """The test set of the MNIST under `data_dir` (mnistlab's data folder by default), read when first used."""
+        return cls(data_dir)
 
-        return cls(*load_split("mnist", "test", data_dir))
+    def __len__(self) -> int:
+        self._read()
+        return len(self.labels)
+
+    def _read(self) -> None:
+        if self.images is None:
+            from mnistlab.data import load_split
+
+            self.images, self.labels = load_split("mnist", "test", self.data_dir)
 
     def correct(self, loaded: LoadedModel) -> int:
         """How many test images `loaded` classifies right, by the engine's one evaluation (fp32)."""
         from mnistlab.data.loader import DeviceLoader
         from mnistlab.training.engine import evaluate
 
+        self._read()
         key = loaded.normalise
         if key not in self.loaders:
             self.loaders[key] = DeviceLoader(self.images, self.labels, BATCH, normalise=key)
@@ -159,9 +170,9 @@ def check_weights(nb: Any, code: Any, claimed: list[Any], weights: str | Path | 
     else:
         return {"file": str(files[0]), "test_acc": None, "claimed": [p.value for p in claimed],
                 "status": "refused", "evidence": refusals[:1]}
-    test_set = test_set or TestSet.load()
-    n = len(test_set.labels)
+    test_set = test_set if test_set is not None else TestSet.load()
     correct = test_set.correct(loaded)
+    n = len(test_set)
     exact = 100.0 * correct / n
     evidence = [f"{file.name}: {correct:,} of {n:,} test images right in fp32: {exact:.2f}%"]
     reference = exact
@@ -171,7 +182,10 @@ def check_weights(nb: Any, code: Any, claimed: list[Any], weights: str | Path | 
         evidence.append(f"the notebook computes accuracy as the lab's original does ({code.quirk.cite()}: per-batch "
                         f"accuracies summed and divided by the last batch's index), which gives {reference:.2f}% "
                         "for these weights: compared with that")
-    values = sorted({p.text: p for p in claimed}.values(), key=lambda p: abs(p.value - reference))
+    unique: dict[str, Any] = {}
+    for p in claimed:  # printed lines come first: a number both printed and quoted is cited as printed
+        unique.setdefault(p.text, p)
+    values = sorted(unique.values(), key=lambda p: abs(p.value - reference))
     out = {"file": str(file), "test_acc": round(exact, 4), "claimed": [p.value for p in values]}
     if not values:
         return {**out, "status": "review", "evidence": evidence + ["the notebook reports no test accuracy"]}
