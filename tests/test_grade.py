@@ -145,3 +145,41 @@ def test_shards_merge_into_the_whole_class(cli, klass, tmp_path):
     assert cli("grade", "--out", str(sharded))[0] == 0
     assert (sharded / "grades.csv").read_text() == (whole / "grades.csv").read_text()
     assert cli("grade", str(klass), "--out", str(sharded), "--shard", "4/3")[0] == 2
+
+
+@pytest.mark.slow
+def test_the_lab_notebook_executed_then_a_class_graded_in_parallel(cli, mnist_dir, tmp_path):
+    """mnistlab's notebook executed for real with quick settings, checked with the weights it saved, then a
+    class of it, an inflated copy and the original's layout graded with --jobs 2."""
+    import shutil
+
+    import nbformat
+
+    from mnistlab.exercises.notebook import execute, parameters_for
+
+    root = tmp_path / "class"
+    done = execute(root / "ada" / "mnist_lab.ipynb",
+                   parameters=parameters_for(quick=True, device="cpu", amp="off", data_dir=mnist_dir))
+    code, out, _ = cli("check", str(done.ipynb), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["status"] == "ok", report
+    assert report["weights"]["status"] == "ok" and report["weights"]["file"].endswith("mnist_cnn_state_dict.pt")
+    assert report["questions"]["1.2"]["found"] == parameters_for(quick=True)["epochs"]  # the injected setting
+
+    nb = nbformat.read(done.ipynb, as_version=4)
+    answers = [c for c in nb.cells if "answer" in c.metadata.get("tags", [])]
+    md = answers[1].outputs[0].data["text/markdown"]
+    first = md.split("- epoch 1: train ")[1].split("%")[0]
+    answers[1].outputs[0].data["text/markdown"] = md.replace(f"- epoch 1: train {first}%", "- epoch 1: train 99.99%")
+    (root / "bob").mkdir()
+    nbformat.write(nb, str(root / "bob" / "mnist_lab.ipynb"))
+    shutil.copytree(done.outputs, root / "bob" / done.outputs.name)
+    write(original_notebook("list"), root / "cy" / "MNIST_with_GPU.ipynb")
+
+    out_dir = tmp_path / "grades"
+    code, stdout, err = cli("grade", str(root), "--out", str(out_dir), "--jobs", "2")
+    assert code == 0, err
+    rows = read_csv(out_dir / "grades.csv")
+    assert rows["ada"]["status"] == "ok" and rows["ada"]["weights_test_acc"] == f"{report['weights']['test_acc']:.2f}"
+    assert rows["bob"]["1.7"] == "mismatch" and rows["bob"]["duplicate_of"] == "ada"
+    assert rows["cy"]["status"] == "ok"
