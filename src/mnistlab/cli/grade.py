@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mnistlab.cli.check import add_execute_options, run_options
 from mnistlab.cli.common import positive_int
 from mnistlab.errors import ConfigError
 
@@ -23,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", metavar="K/N", help="grade only shard K of N of the students (for an array job)")
     p.add_argument("--data-dir", metavar="DIR", help="the data root holding mnist/ (default: mnistlab's)")
     p.add_argument("--quiet", action="store_true", help="no line per student")
+    add_execute_options(p)
     p.set_defaults(func=run)
 
 
@@ -30,19 +32,20 @@ def run(args: argparse.Namespace) -> int:
     from mnistlab.grading.grade import grade_class, grade_shard, merge, parse_shard, read_rubric
 
     out = Path(args.out)
+    run = run_options(args, keep=str((out / "executed").resolve()))
     progress = None if args.quiet else (lambda r: print(f"{r['student']}: {r['status']}", flush=True))
     if args.submissions is None:
-        if args.shard:
-            raise ConfigError("--shard needs SUBMISSIONS (the merge takes every shard in --out)")
+        if args.shard or args.execute:
+            raise ConfigError("--shard and --execute need SUBMISSIONS (the merge takes every shard in --out)")
         done = merge(out, args.rubric)
     elif args.shard:
         read_rubric(args.rubric)
         shard = parse_shard(args.shard)
-        path = grade_shard(args.submissions, out, shard, args.jobs, args.data_dir, progress)
+        path = grade_shard(args.submissions, out, shard, args.jobs, args.data_dir, progress, run)
         print(f"shard {shard[0]}/{shard[1]}: {path}; when every shard is done: mnistlab grade --out {out}")
         return 0
     else:
-        done = grade_class(args.submissions, out, args.jobs, args.rubric, args.data_dir, progress)
+        done = grade_class(args.submissions, out, args.jobs, args.rubric, args.data_dir, progress, run)
     statuses: dict[str, int] = {}
     for row in done["table"]:
         statuses[row["status"]] = statuses.get(row["status"], 0) + 1

@@ -36,6 +36,7 @@ class Submission:
     notebook: Path | None
     shared_folder: bool = False  # several students' notebooks in one folder: weights must carry the name
     problem: str | None = None  # why it cannot be graded (its status says so)
+    folder: Path | None = None  # the student's own folder (a folder of folders)
 
 
 # ------------------------------------------------------------------ submissions in
@@ -50,7 +51,7 @@ def from_folder(root: Path) -> list[Submission]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))):
         found = _notebooks(folder)
         subs.append(Submission(folder.name, found[0] if found else None,
-                               problem=None if found else "no .ipynb in the folder"))
+                               problem=None if found else "no .ipynb in the folder", folder=folder))
     return subs
 
 
@@ -168,8 +169,9 @@ def fingerprints(checked: Any) -> dict[str, str | None]:
             "weights": weights, "answers": _digest(answers) if len(answers) >= ANSWERS_MIN else None}
 
 
-def grade_one(sub: Submission, test_set: Any) -> dict[str, Any]:
-    """One student's record: the check report (or the reason there is none) and its fingerprints."""
+def grade_one(sub: Submission, test_set: Any, run: Any = None) -> dict[str, Any]:
+    """One student's record: the check report (or the reason there is none) and its fingerprints; with `run`
+    (`sandbox.RunOptions`, `--execute`), also its execution, compared with the hand-in."""
     from mnistlab.grading.checks import examine
 
     record: dict[str, Any] = {"student": sub.student, "notebook": str(sub.notebook) if sub.notebook else None}
@@ -184,38 +186,57 @@ def grade_one(sub: Submission, test_set: Any) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - one student's notebook must never stop the class
         return {**record, "status": "crashed", "problem": f"{type(e).__name__}: {e}", "report": None,
                 "fingerprints": {}, "exercise1_test_acc": None}
-    return {**record, "status": checked.report["status"], "problem": None, "report": checked.report,
-            "fingerprints": fingerprints(checked), "exercise1_test_acc": checked.exercise1_test_acc}
+    record = {**record, "status": checked.report["status"], "problem": None, "report": checked.report,
+              "fingerprints": fingerprints(checked), "exercise1_test_acc": checked.exercise1_test_acc}
+    if run is not None:
+        from mnistlab.grading.reports import file_name
+        from mnistlab.grading.sandbox import rerun
+
+        folder = None if sub.shared_folder else sub.folder
+        try:
+            record["execution"] = ex = rerun(sub.notebook, folder, checked, run, file_name(sub.student))
+        except Exception as e:  # noqa: BLE001 - one student's notebook must never stop the class
+            record["execution"] = ex = {"status": "failed", "message": f"{type(e).__name__}: {e}"}
+        if ex["status"] != "ran":
+            record["status"] = f"execution {ex['status']}"
+        elif ex.get("settings") or ex.get("band") is False:
+            record["status"] = "findings"
+    return record
 
 
 # ------------------------------------------------------------------ the class, in parallel
 _TEST_SET: Any = None
 
 
-def _init_worker(data_dir: str | None, threads: int) -> None:
-    global _TEST_SET
+_RUN: Any = None
+
+
+def _init_worker(data_dir: str | None, threads: int, run: Any) -> None:
+    global _TEST_SET, _RUN
     import torch
 
     from mnistlab.grading.weights import TestSet
 
     torch.set_num_threads(threads)
     _TEST_SET = TestSet.load(data_dir)
+    _RUN = run
 
 
 def _grade_in_worker(sub: Submission) -> dict[str, Any]:
-    return grade_one(sub, _TEST_SET)
+    return grade_one(sub, _TEST_SET, _RUN)
 
 
 def grade_all(subs: list[Submission], jobs: int = 1, data_dir: str | Path | None = None,
-              progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Every submission graded, in `jobs` processes (each reads the test set once)."""
+              progress: Callable[[dict[str, Any]], None] | None = None, run: Any = None) -> list[dict[str, Any]]:
+    """Every submission graded, in `jobs` processes (each reads the test set once); `run`: `--execute`'s
+    `sandbox.RunOptions`."""
     records = []
     if jobs <= 1 or len(subs) <= 1:
         from mnistlab.grading.weights import TestSet
 
         test_set = TestSet.load(data_dir)
         for sub in subs:
-            records.append(grade_one(sub, test_set))
+            records.append(grade_one(sub, test_set, run))
             if progress:
                 progress(records[-1])
         return records
@@ -224,7 +245,7 @@ def grade_all(subs: list[Submission], jobs: int = 1, data_dir: str | Path | None
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(str(data_dir) if data_dir else None, threads)) as pool:
+                             initargs=(str(data_dir) if data_dir else None, threads, run)) as pool:
         for record in pool.map(_grade_in_worker, subs):
             records.append(record)
             if progress:
@@ -240,15 +261,15 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def grade_shard(submissions: str | Path, out: str | Path, shard: tuple[int, int] = (1, 1), jobs: int = 1,
-                data_dir: str | Path | None = None,
-                progress: Callable[[dict[str, Any]], None] | None = None) -> Path:
+                data_dir: str | Path | None = None, progress: Callable[[dict[str, Any]], None] | None = None,
+                run: Any = None) -> Path:
     """Grade shard K of N of the class into `out`/shards/K-of-N.json (the merge's input); returns that file."""
     from mnistlab.files.runs import write_json
 
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="mnistlab-grade-") as scratch:
         subs = [s for s in collect(submissions, Path(scratch)) if in_shard(s.student, shard)]
-        records = grade_all(subs, jobs, data_dir, progress)
+        records = grade_all(subs, jobs, data_dir, progress, run)
         # what was read inside the scratch copy of a zip is named as it was handed in
         records = json.loads(json.dumps(records).replace(scratch, "<zip>"))
     k, n = shard
@@ -337,11 +358,11 @@ def merge(out: str | Path, rubric_path: str | Path | None = None) -> dict[str, A
 
 
 def grade_class(submissions: str | Path, out: str | Path, jobs: int = 1, rubric: str | Path | None = None,
-                data_dir: str | Path | None = None,
-                progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                data_dir: str | Path | None = None, progress: Callable[[dict[str, Any]], None] | None = None,
+                run: Any = None) -> dict[str, Any]:
     """The whole class in one go: its one shard, then the merge. Earlier shards in `out` are replaced."""
     read_rubric(rubric)  # a bad rubric stops before any grading
     for old in (Path(out) / SHARDS).glob("*-of-*.json"):
         old.unlink()
-    grade_shard(submissions, out, (1, 1), jobs, data_dir, progress)
+    grade_shard(submissions, out, (1, 1), jobs, data_dir, progress, run)
     return merge(out, rubric)

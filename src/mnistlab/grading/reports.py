@@ -108,6 +108,7 @@ def rows(records: list[dict[str, Any]], dups: list[dict[str, Any]], rubric: dict
         claimed = _claimed(r)
         row["claimed_test_acc"] = "" if claimed is None else f"{claimed:.2f}"
         row["duplicate_of"] = ";".join(partners.get(r["student"], []))
+        row["execution"] = (r.get("execution") or {}).get("status", "")
         row["needs_review"] = str(any(p is None for p in points.values()) or r["status"] not in ("ok", "findings")
                                   or r["student"] in partners).lower()
         out.append(row)
@@ -121,7 +122,25 @@ def _student_page(record: dict[str, Any]) -> str:
     if record.get("report") is None:
         return document_html(title, [("Your submission", [("p", f"It could not be checked: {record['status']}: "
                                                                 f"{record.get('problem') or 'no notebook'}.")])])
-    return document_html(title, feedback_sections(record["student"], record["report"], record["points"]))
+    sections = feedback_sections(record["student"], record["report"], record["points"])
+    if record.get("execution"):
+        sections.append(("Executed again", [("list", execution_lines(record["execution"]))]))
+    return document_html(title, sections)
+
+
+def execution_lines(ex: dict[str, Any]) -> list[str]:
+    """What `--execute` found, one line each: how it ran, the settings of questions 1-5, the accuracy band."""
+    lines = [f"status: {ex['status']}" + (f" ({ex['message']})" if ex.get("message") else "")
+             + (f" in {ex['seconds']:g} s" if ex.get("seconds") is not None else "")]
+    if ex.get("quick_settings"):
+        lines.append("ran with quick settings injected into its parameters cell")
+    if ex.get("settings") is not None:
+        lines.append("questions 1-5 read the same from the executed copy" if not ex["settings"] else
+                     "questions 1-5 differ: " + "; ".join(ex["settings"]))
+    if ex.get("band") is not None:
+        lines.append(f"Exercise 1's test accuracy {ex['exercise1_test_acc']:.2f}% when executed: "
+                     + ("within" if ex["band"] else "outside") + " the band of the hand-in's")
+    return lines
 
 
 def class_sections(records: list[dict[str, Any]], dups: list[dict[str, Any]], table: list[dict],
