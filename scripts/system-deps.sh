@@ -1,12 +1,14 @@
 #!/bin/sh
 # Debian packages the test suite uses: Chromium (browser tests), the Fashion-MNIST files, a PostgreSQL
-# server (tune's shared-study test starts a throw-away cluster) and a C compiler (the fused bf16 update).
+# server (tune's shared-study test starts a throw-away cluster), a C compiler (the fused bf16 update) and
+# bubblewrap (the sandbox of `mnistlab grade --execute`).
 set -e
 missing=""
 [ -x /usr/bin/chromium ] || missing="$missing chromium"
 [ -d /usr/share/datasets/fashion-mnist ] || missing="$missing dataset-fashion-mnist"
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
 command -v cc >/dev/null || missing="$missing gcc libc6-dev"
+command -v bwrap >/dev/null || missing="$missing bubblewrap"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing Debian packages:$missing"

@@ -15,7 +15,8 @@ from mnistlab.grading import QUESTIONS
 from mnistlab.models import build_model
 
 COLUMNS = (["student", "status"] + list(QUESTIONS) + [f"points_{q}" for q in QUESTIONS]
-           + ["total", "max_total", "weights_test_acc", "claimed_test_acc", "duplicate_of", "needs_review"])
+           + ["total", "max_total", "weights_test_acc", "claimed_test_acc", "duplicate_of", "execution",
+              "needs_review"])
 
 
 def read_csv(path):

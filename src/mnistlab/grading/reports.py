@@ -203,7 +203,8 @@ def write_class(out: Path, records: list[dict[str, Any]], dups: list[dict[str, A
     table = rows(records, dups, rubric)
     files: dict[str, Any] = {"csv": atomic_write(out / "grades.csv", csv_text(table))}
     files["json"] = write_json(out / "grades.json", {"rubric": rubric, "students": [
-        {**t, "report": r.get("report"), "problem": r.get("problem")} for t, r in zip(table, records, strict=True)],
+        {**t, "report": r.get("report"), "problem": r.get("problem"), "execution": r.get("execution")}
+        for t, r in zip(table, records, strict=True)],
         "duplicates": dups})
     for r in records:
         atomic_write(out / "feedback" / f"{file_name(r['student'])}.html", _student_page(r))
