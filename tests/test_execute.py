@@ -133,3 +133,18 @@ def test_the_unsafe_override_still_runs_under_the_limits(cli, tmp_path, monkeypa
     report = json.loads(out)
     assert code == 1 and report["execution"]["status"] == "ran", (report["execution"], err)  # Q2-Q7 missing
     assert report["execution"]["settings"] == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(unavailable() is not None, reason="bubblewrap cannot run here")
+def test_mnistlab_notebook_runs_in_the_sandbox_with_quick_settings(cli, mnist_dir, tmp_path):
+    """The lab notebook as handed in with an execution's outputs (built here) runs again inside the sandbox
+    with quick settings injected; its questions 1-5 read the same, and its own weights load inside."""
+    from handin import mnistlab_notebook, write
+
+    nb = write(mnistlab_notebook(), tmp_path / "ada" / "mnist_lab.ipynb")
+    code, out, err = cli("check", str(nb), "--execute", "--json", "--data-dir", str(mnist_dir))
+    ex = json.loads(out)["execution"]
+    assert ex["status"] == "ran", (ex, err)
+    assert ex["quick_settings"] and ex["settings"] == [] and ex["band"] is None
+    assert 10 < ex["exercise1_test_acc"] < 100

@@ -289,7 +289,8 @@ def rerun(notebook: Path, folder: Path | None, handed: Any, options: RunOptions,
         result["notebook"] = str(done.notebook) if options.keep else None
         before, after = handed.report["questions"], again.report["questions"]
         result["settings"] = [f"{q}: {before[q]['found']} handed in, {after[q]['found']} executed"
-                              for q in SETTINGS if before[q]["found"] != after[q]["found"]
+                              for q in SETTINGS if None not in (before[q]["found"], after[q]["found"])
+                              and before[q]["found"] != after[q]["found"]
                               and not (quick and q == "1.2")]  # quick settings train fewer epochs
         result["exercise1_test_acc"] = again.exercise1_test_acc
         if not quick and handed.exercise1_test_acc is not None and again.exercise1_test_acc is not None:
