@@ -6,6 +6,7 @@ Nothing is executed: the file is parsed by nbformat and its outputs are read as 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def read_notebook(path: str | Path) -> Notebook:
     if not path.is_file():
         raise ConfigError(f"{path}: not found" if not path.exists() else f"{path}: not a file")
     try:
-        nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nbformat warns about cells without ids, which older Jupyters wrote
+            nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
     except (UnicodeDecodeError, json.JSONDecodeError, nbformat.reader.NotJSONError) as e:
         raise ConfigError(f"{path}: not a Jupyter notebook ({type(e).__name__})") from None
     except Exception as e:  # noqa: BLE001 - nbformat raises many kinds for a malformed file
