@@ -19,13 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("notebook", metavar="NOTEBOOK", help="the handed-in .ipynb")
     p.add_argument("--weights", metavar="FILE", help="a weight file (.pt, .pth, .safetensors) to score")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    p.add_argument("--data-dir", metavar="DIR", help="the data root holding mnist/ (default: mnistlab's)")
-    add_execute_options(p)
+    add_grading_options(p)
     p.set_defaults(func=run)
 
 
-def add_execute_options(p: argparse.ArgumentParser) -> None:
-    """--execute and its limits, shared by check and grade."""
+def add_grading_options(p: argparse.ArgumentParser) -> None:
+    """--data-dir, --execute and its limits, shared by check and grade."""
+    p.add_argument("--data-dir", metavar="DIR", help="the data root holding mnist/ (default: mnistlab's)")
     p.add_argument("--execute", action="store_true",
                    help="also run the notebook, as untrusted code, in a bubblewrap sandbox (no network, only its "
                         "own folder, MNIST and the Python environment visible) and compare it with the hand-in")

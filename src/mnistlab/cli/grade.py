@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnistlab.cli.check import add_execute_options, run_options
+from mnistlab.cli.check import add_grading_options, run_options
 from mnistlab.cli.common import positive_int
 from mnistlab.errors import ConfigError
 
@@ -22,9 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=positive_int, default=1, metavar="N", help="notebooks checked in parallel")
     p.add_argument("--rubric", metavar="FILE", help="TOML: points per question (default: 1 each of the 10)")
     p.add_argument("--shard", metavar="K/N", help="grade only shard K of N of the students (for an array job)")
-    p.add_argument("--data-dir", metavar="DIR", help="the data root holding mnist/ (default: mnistlab's)")
     p.add_argument("--quiet", action="store_true", help="no line per student")
-    add_execute_options(p)
+    add_grading_options(p)
     p.set_defaults(func=run)
 
 
