@@ -148,3 +148,18 @@ def test_mnistlab_notebook_runs_in_the_sandbox_with_quick_settings(cli, mnist_di
     assert ex["status"] == "ran", (ex, err)
     assert ex["quick_settings"] and ex["settings"] == [] and ex["band"] is None
     assert 10 < ex["exercise1_test_acc"] < 100
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(unavailable() is not None, reason="bubblewrap cannot run here")
+def test_where_no_cgroup_can_be_made_rlimits_hold_the_memory(tmp_path, monkeypatch):
+    from mnistlab.grading import sandbox
+
+    monkeypatch.setattr(sandbox.Cgroup, "make", classmethod(lambda cls, limits: None))
+    limits = sandbox.Limits(memory=2 << 30, processes=64, timeout=120)
+    ok = notebook(tmp_path / "ok" / "lab.ipynb", "import torch\nprint('sum', float(torch.ones(100, 100).sum()))")
+    done = sandbox.execute_sandboxed(ok, ok.parent, tmp_path / "out" / "ok.ipynb", limits=limits)
+    assert done.status == "ran" and "sum 10000.0" in outputs(done.notebook)  # torch fits under the limit
+    hog = notebook(tmp_path / "hog" / "lab.ipynb", "import numpy as np\nblock = np.ones(3 * 2**30, np.uint8)")
+    done = sandbox.execute_sandboxed(hog, hog.parent, tmp_path / "out" / "hog.ipynb", limits=limits)
+    assert done.status == "memory" and "MemoryError" in done.message

@@ -148,11 +148,14 @@ def class_sections(records: list[dict[str, Any]], dups: list[dict[str, Any]], ta
     """class.html's sections: the class, Exercise 1's accuracies, Exercise 2, every question side by side,
     the duplicates."""
     counts = {s: sum(r["status"] == s for r in records) for s in sorted({r["status"] for r in records})}
+    executed = any(t["execution"] for t in table)
     overview = [("p", f"{len(records)} students: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + ". Points are "
                  "proposals: `ok` full points, `mismatch` and `missing` 0, `review` blank for you to fill in."),
-                ("table", ["student", "status", "total", "weights test acc", "claimed", "duplicate of", "needs review"],
+                ("table", ["student", "status", "total", "weights test acc", "claimed", "duplicate of", "needs review"]
+                 + (["execution"] if executed else []),
                  [[t["student"], t["status"], f"{t['total']} / {t['max_total']}", t["weights_test_acc"],
-                   t["claimed_test_acc"], t["duplicate_of"], t["needs_review"]] for t in table])]
+                   t["claimed_test_acc"], t["duplicate_of"], t["needs_review"]] + ([t["execution"]] if executed else [])
+                  for t in table])]
     accs = [(r["student"], r["exercise1_test_acc"]) for r in records if r.get("exercise1_test_acc") is not None]
     ex1: list = []
     if accs:

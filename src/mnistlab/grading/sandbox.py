@@ -10,8 +10,9 @@ inside `bwrap`, so the notebook, its kernel and anything they start see only:
 
 and nothing else of the host: no home folders, no other student, no rubric, no grades folder. The network is
 unshared (only the sandbox's own loopback exists). Memory and the number of processes are capped by a cgroup
-(v2, or v1's memory and pids controllers) where mnistlab may create one, else by rlimits (address space,
-processes); the wall time by killing the whole process group at the deadline.
+(v2, or v1's memory and pids controllers) where mnistlab may create one, else by rlimits (address space, where
+an allocation past the limit fails with MemoryError; processes, which the kernel does not apply to root); the
+wall time by killing the whole process group at the deadline.
 """
 
 from __future__ import annotations
@@ -236,8 +237,8 @@ def execute_sandboxed(notebook: Path, folder: Path, out: Path, *, limits: Limits
             return Execution("memory", seconds, f"killed at the memory limit ({limits.memory / 2**30:g} GiB)", kept)
         if proc.returncode == 0:
             return Execution("ran", seconds, "", kept)
-        if proc.returncode == 3:
-            return Execution("error", seconds, last, kept)
+        if proc.returncode == 3:  # under an address-space rlimit the allocation fails instead of being killed
+            return Execution("memory" if ": MemoryError:" in last else "error", seconds, last, kept)
         return Execution("failed", seconds, last or f"exit code {proc.returncode}", kept)
 
 
