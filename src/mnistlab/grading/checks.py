@@ -390,7 +390,8 @@ def examine(path: str | Path, weights: str | Path | None = None, test_set: Any =
     from mnistlab.grading.weights import check_weights
 
     w = check_weights(nb, code, claimed_test_accuracies(nb, out, results), weights, test_set, shared_folder)
-    findings = (not executed or not in_order or errors or (w is not None and w["status"] not in ("ok", "review"))
+    # Refused weights are said, not counted: the lab itself asks for the entire model, which is refused unread.
+    findings = (not executed or not in_order or errors or (w is not None and w["status"] == "mismatch")
                 or any(r.status in ("mismatch", "missing") for r in results.values()))
     report = {"notebook": str(path), "executed": executed, "in_order": in_order, "errors": errors,
               "questions": {q: results[q].json() for q in QUESTIONS}, "weights": w,

@@ -110,7 +110,7 @@ def rows(records: list[dict[str, Any]], dups: list[dict[str, Any]], rubric: dict
         row["duplicate_of"] = ";".join(partners.get(r["student"], []))
         row["execution"] = (r.get("execution") or {}).get("status", "")
         row["needs_review"] = str(any(p is None for p in points.values()) or r["status"] not in ("ok", "findings")
-                                  or r["student"] in partners).lower()
+                                  or r["student"] in partners or w.get("status") in ("refused", "review")).lower()
         out.append(row)
     return out
 
