@@ -268,11 +268,13 @@ def rerun(notebook: Path, folder: Path | None, handed: Any, options: RunOptions,
     """Execute a handed-in notebook and compare it with the hand-in (`handed`: its `checks.Checked`): the
     execution's status, whether questions 1-5 read the same from the executed copy, and Exercise 1's test
     accuracy against a band of BAND points (only when it ran as written: quick settings train less)."""
+    from mnistlab.data import dataset_dir
     from mnistlab.exercises.notebook import parameters_for
     from mnistlab.grading.checks import examine
 
     quick = has_parameters_cell(notebook)
-    params = parameters_for(quick=True, device="cpu", amp="off", data_dir=DATA) if quick else None
+    data = DATA if options.sandbox else dataset_dir("mnist", options.data_dir).parent  # where it sees MNIST
+    params = parameters_for(quick=True, device="cpu", amp="off", data_dir=data) if quick else None
     with tempfile.TemporaryDirectory(prefix="mnistlab-rerun-") as tmp:
         if folder is None:  # a notebook in a folder shared with others: only it travels
             folder = Path(tmp) / "own"
