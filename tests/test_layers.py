@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"training"},
     {"inference"},
     {"experiments"},
-    {"lab", "serve"},
+    {"lab", "serve", "grading"},
     {"bench"},
     {"cli"},
     {"__init__", "__main__"},

@@ -339,3 +339,16 @@ def heat_rgba(attribution: Any, scale: float | None = None) -> np.ndarray:
     rgba = colormaps[HEAT_CMAP](np.clip(0.5 + 0.5 * a / m, 0.0, 1.0))
     rgba[..., 3] = np.clip(np.abs(a) / m, 0.0, 1.0) ** 0.5
     return np.rint(rgba * 255).astype(np.uint8)
+
+
+def histogram_plot(values: Sequence[float], out: str | Path, xlabel: str, title: str = "") -> Path:
+    """A histogram of `values` (bins of a tenth of the range, at least 0.1 wide), counts on the y axis."""
+    fig, ax = _figure(figsize=(6, 3))
+    values = list(values)
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    width = max((hi - lo) / 10, 0.1)
+    bins = np.arange(lo, hi + width, width) if values else 10
+    ax.hist(values, bins=bins, color="#4c72b0", edgecolor="white")
+    ax.set(xlabel=xlabel, ylabel="count", title=title)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    return _savefig(fig, out)

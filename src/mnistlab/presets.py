@@ -246,7 +246,7 @@ def read_settings(path: Path, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: cannot read it ({e.strerror if isinstance(e, OSError) else e})") from None
     toml = path.suffix.lower() == ".toml"
     try:
-        data = _toml().loads(text) if toml else json.loads(text)
+        data = toml_parser().loads(text) if toml else json.loads(text)
     except ValueError as e:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
         raise ConfigError(f"{where}: not valid {'TOML' if toml else 'JSON'} ({e})") from None
     if not isinstance(data, dict):
@@ -274,7 +274,8 @@ def check_settings(data: dict[str, Any], where: str) -> dict[str, Any]:
     return data
 
 
-def _toml():
+def toml_parser():
+    """tomllib (Python 3.11+), else the same parser packaged as tomli."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # the same parser, as a package

@@ -31,6 +31,8 @@ COMMANDS = [
     "lr_find",
     "lab",
     "notebook",
+    "check",
+    "grade",
 ]
 
 

@@ -267,14 +267,14 @@ def _model_of(obj: Any, path: Path) -> tuple[nn.Module, dict[str, Any], str]:
             return model_from(obj["model"], obj["meta"]), meta, "checkpoint"
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise MnistlabError(f"{path}: a malformed mnistlab model file ({type(e).__name__}: {e})") from None
-    state = _plain_state(obj)
+    state = plain_state(obj)
     if state is None:
         raise MnistlabError(f"{path}: holds a {type(obj).__name__}, not model weights mnistlab can rebuild")
     meta = guess_model(state, path)
     return model_from(state, meta), meta, "state_dict"
 
 
-def _plain_state(obj: Any) -> dict[str, torch.Tensor] | None:
+def plain_state(obj: Any) -> dict[str, torch.Tensor] | None:
     """A bare state_dict (torch.save(model.state_dict())), also under a "state_dict"/"model_state_dict" key."""
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):

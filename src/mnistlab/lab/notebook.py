@@ -121,10 +121,12 @@ class EpochLines:
 
 
 def execute(out: str | Path, *, parameters: dict[str, Any] | None = None, kernel: str = "python3",
-            progress: bool = False, timeout: float | None = None,
-            echo: Callable[[str], None] | None = None) -> Executed:
+            progress: bool = False, timeout: float | None = None, source: str | Path | None = None,
+            cwd: str | Path | None = None, echo: Callable[[str], None] | None = None) -> Executed:
     """Run the notebook through a Jupyter kernel into `out` (.ipynb) and `out` with .html; the notebook's own
     files (CSV, figures, saved model) go to parameters["out_dir"], by default `<out stem>_outputs` beside it.
+    `source`: another notebook to run instead of the lab's (a handed-in one), in `cwd` (default: the outputs
+    folder), with `parameters` injected only when given (papermill puts them after its `parameters` cell).
     `echo` is handed each epoch's line as the notebook prints it (`EpochLines`); `progress` shows papermill's
     bar over the cells.
 
@@ -144,14 +146,17 @@ def execute(out: str | Path, *, parameters: dict[str, Any] | None = None, kernel
     outputs = Path(params.setdefault("out_dir", str(out.with_name(f"{out.stem}_outputs")))).resolve()
     params["out_dir"] = str(outputs)
     outputs.mkdir(parents=True, exist_ok=True)
+    if source is not None and not parameters:
+        params = {}  # a handed-in notebook without quick settings runs as written
+    text = Path(source).read_text(encoding="utf-8") if source is not None else notebook_json()
     source = out.with_name(f".{out.stem}.source.ipynb")
     partial = out.with_name(f".{out.stem}.partial.ipynb")
-    source.write_text(notebook_json())
+    source.write_text(text)
     failure: NotebookError | None = None
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(str(source), str(partial), parameters=params, kernel_name=kernel,
-                                   cwd=str(outputs), progress_bar=progress, log_output=False,
+                                   cwd=str(cwd or outputs), progress_bar=progress, log_output=False,
                                    stdout_file=EpochLines(echo) if echo is not None else None,
                                    execution_timeout=timeout, extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except PapermillExecutionError as e:
