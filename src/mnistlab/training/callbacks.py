@@ -100,7 +100,7 @@ class RunWriter(Callback):
     The checkpoint comes first, so metrics.csv/metrics.jsonl never claim an epoch the checkpoint does not hold
     (a write that fails leaves both at the previous epoch, and `--resume` goes on from there); at the start
     the metrics files are rewritten from the history being continued. With a `claim` that replaces a
-    directory, the first durable checkpoint is what puts the new run in its place (`Claim.commit`).
+    directory, the first epoch's files put the new run in its place (`Claim.commit`), not before.
     """
 
     def __init__(self, run_dir: Path, cfg: Config, model: nn.Module, optimizer, scheduler,
@@ -130,9 +130,9 @@ class RunWriter(Callback):
             "early_stop": self.early_stop.state_dict() if self.early_stop is not None else None,
         })
         self.history = history
-        if self.claim is not None:
-            self.run_dir = self.claim.commit()
         write_metrics(self.run_dir, self.history)
+        if self.claim is not None:  # a replacement goes in place whole, checkpoint and metrics
+            self.run_dir = self.claim.commit()
 
 
 def run_bytes(cfg: Config, resume: bool = False) -> int:
@@ -162,10 +162,10 @@ class SignalStop(Callback):
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, claim: Claim | None, start_epoch: int, distributed: bool = False,
-                 main: bool = True) -> None:
-        self.claim, self.done, self.distributed, self.main = claim, start_epoch, distributed, main
+    def __init__(self, claim: Claim | None, distributed: bool = False, main: bool = True) -> None:
+        self.claim, self.distributed, self.main = claim, distributed, main
         self.signum: int | None = None
+        self.done = 0  # the last completed epoch
         self.epoch: int | None = None  # the epoch in progress
         self.device = torch.device("cpu")
         self.previous: dict[int, Any] = {}
@@ -188,7 +188,7 @@ class SignalStop(Callback):
         self.device = train.device
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.done = epoch, epoch - 1
 
     def on_step(self, loss: torch.Tensor) -> None:
         if self.signum is not None and not self.distributed:

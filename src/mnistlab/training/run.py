@@ -157,10 +157,12 @@ def train(
         claim = claim_dir(resume if resume is not None else out, cfg.preset, resume=resume is not None,
                           overwrite=overwrite)
         check_space(claim.work, run_bytes(cfg, resume is not None), f"this {cfg.preset} run (checkpoints, model)")
+    stop = enter_scope(SignalStop(claim, env.active, env.is_main))  # from here SIGINT/SIGTERM stop at a step
     prep = prepare(cfg, env, resume, data_dir, init_state)
     net = wrap(prep, cfg, env)
     run_dir = claim.work if claim is not None else None
-    cbs = run_callbacks(prep, cfg, env, run_dir, quiet, callbacks, copies=isinstance(net, Bf16Copies), claim=claim)
+    cbs = [*run_callbacks(prep, cfg, env, run_dir, quiet, callbacks, copies=isinstance(net, Bf16Copies), claim=claim),
+           stop]  # last: a completed epoch is saved before a stop is raised
     stopped = prep.stopper is not None and prep.stopper.stopped_epoch is not None
     if resume is not None and env.is_main and not quiet:
         if stopped:
@@ -300,8 +302,8 @@ def wrap(prep: Prepared, cfg: Config, env: distributed.DistEnv) -> nn.Module:
 def run_callbacks(prep: Prepared, cfg: Config, env: distributed.DistEnv, run_dir: Path | None, quiet: bool,
                   extra: Sequence[Callback] = (), copies: bool = False, claim: Claim | None = None) -> list[Callback]:
     """Phase 3: the engine callbacks, in the order they run: progress, per-rank seeding, weight averaging,
-    the caller's, early stopping, the run directory's writer (`run_dir`: only the main rank writes), then
-    TensorBoard, and last the stop on SIGINT/SIGTERM (its handlers installed until `train` returns).
+    the caller's, early stopping, the run directory's writer (`run_dir`: only the main rank writes; `claim`:
+    its lock, and what it replaces), then TensorBoard.
     `copies`: training runs from bf16 weight copies (said at the start and in env.json)."""
     cbs: list[Callback] = []
     if env.is_main and not quiet:
@@ -327,7 +329,6 @@ def run_callbacks(prep: Prepared, cfg: Config, env: distributed.DistEnv, run_dir
         board = tensorboard.open_logger(lambda: writer.run_dir, cfg, precision or "fp32", prep.history)
         if board is not None:  # after RunWriter: no event is logged for an epoch its checkpoint lacks
             cbs.append(board)
-    cbs.append(enter_scope(SignalStop(claim, prep.start_epoch, env.active, env.is_main)))
     return cbs
 
 
