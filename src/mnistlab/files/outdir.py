@@ -4,8 +4,9 @@ Every command that writes a directory of results (train, sweep, compare, lab, an
 with `claim_dir`:
 
 - **One writer.** The claim holds an exclusive `fcntl.flock` on `<dir>/.lock` (the holder's process id and
-  command line are written into it). The kernel drops the lock when the process ends, however it ends
-  (SIGKILL included), so a stale lock never needs cleaning up. A second writer is refused, naming the holder.
+  command line are written into it; the file is removed on release). The kernel drops the lock when the
+  process ends, however it ends (SIGKILL included), so a `.lock` left behind is never stale: the next
+  claimant simply takes it. A second writer is refused, naming the holder.
 - **No silent overwrite.** A directory that holds anything is refused with what is there, unless the caller
   continues it (`resume`) or replaces it (`overwrite`). Replacing writes into a hidden sibling
   (`.<name>.new-*`), which `Claim.commit()` swaps into place (with one atomic exchange where Linux has it);
@@ -56,7 +57,7 @@ class Claim:
 
     path: Path
     work: Path
-    created: bool  # this claim made `path` (an empty one is removed again if the claimant fails)
+    made: list[Path]  # the directories this claim made, deepest first (removed again, when empty, on failure)
     key: str
     fds: list[int] = field(default_factory=list)
     holders: int = 1
@@ -83,10 +84,13 @@ class Claim:
         _HELD.pop(self.key, None)
         if self.replacing:
             shutil.rmtree(self.work, ignore_errors=True)
-        elif failed and self.created and _contents(self.path) == []:
+        if self.fds:  # while still held: a claimant that opened it re-checks which file it locked
             with contextlib.suppress(OSError):
                 (self.path / LOCK).unlink()
-                self.path.rmdir()
+        if failed and self.made and _contents(self.path) == []:
+            with contextlib.suppress(OSError):
+                for made in self.made:
+                    made.rmdir()  # stops at the first that is not empty
         for fd in self.fds:
             os.close(fd)
         self.fds.clear()
@@ -112,7 +116,9 @@ def claim_dir(out: str | Path | None, name: str, *, kind: str = "run", resume: b
     --overwrite; otherwise another --out). Registered with the innermost `scoped` call, if any.
     """
     if out is None and not resume:
-        path, created = new_run_dir(name, root=root), True
+        made = _missing(Path(root))
+        path = new_run_dir(name, root=root)
+        made.insert(0, path)
     else:
         path = Path(out if out is not None else ".")
         key = _key(path)
@@ -120,8 +126,8 @@ def claim_dir(out: str | Path | None, name: str, *, kind: str = "run", resume: b
             held = _HELD[key]
             held.holders += 1
             return _in_scope(held)
-        created = _make_dir(path, must_exist=resume)
-    claim = Claim(path, path, created, _key(path))
+        made = _make_dir(path, must_exist=resume)
+    claim = Claim(path, path, made, _key(path))
     try:
         claim.fds.append(_lock(path))
         there = _contents(path)
@@ -216,8 +222,14 @@ def _contents(path: Path) -> list[str]:
     return sorted(n for n in names if n != LOCK and not (n.startswith(".") and n.endswith(".tmp")))
 
 
-def _make_dir(path: Path, must_exist: bool) -> bool:
-    """Make `path` (and its parents) unless it is there; True when made. A file in the way is a ConfigError."""
+def _missing(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist, deepest first."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def _make_dir(path: Path, must_exist: bool) -> list[Path]:
+    """Make `path` (and its parents) unless it is there; the directories made, deepest first. A file in the
+    way is a ConfigError."""
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
@@ -227,13 +239,13 @@ def _make_dir(path: Path, must_exist: bool) -> bool:
     if must_exist:
         if not path.is_dir():
             raise MnistlabError(f"{path}: not found (is it a run directory?)")
-        return False
-    existed = path.exists()
+        return []
+    made = _missing(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WriteError(os_error_sentence(e, f"cannot make the directory {path}")) from None
-    return not existed
+    return made
 
 
 def _lock(path: Path) -> int:
