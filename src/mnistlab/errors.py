@@ -45,8 +45,9 @@ def os_error_sentence(e: OSError, doing: str | None = None) -> str:
     """`e` as one sentence without errno or class names: `doing` (e.g. "cannot write checkpoint.pt in runs/a")
     or the path, then what went wrong."""
     import errno
+    import os
 
-    path = e.filename if e.filename is not None else None
+    path = os.fsdecode(e.filename) if isinstance(e.filename, str | bytes) else e.filename
     what = {
         errno.ENOENT: "not found",
         errno.EEXIST: "already exists",
