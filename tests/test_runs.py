@@ -132,7 +132,7 @@ def test_what_a_directory_holds_decides_the_refusal(trained_run, tmp_path):
 
 def test_overwrite_keeps_the_old_contents_until_commit(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    out.mkdir(mode=0o750)
     (out / "old.txt").write_text("old")
     with claim_dir(out, "x", overwrite=True) as claim:  # released without commit: a failed replacement
         assert claim.replacing and claim.work.parent == tmp_path and claim.work.name.startswith(".out.new-")
@@ -142,6 +142,7 @@ def test_overwrite_keeps_the_old_contents_until_commit(tmp_path):
     with claim_dir(out, "x", overwrite=True) as claim:
         (claim.work / "new.txt").write_text("new")
         assert claim.commit() == out and claim.work == out and not claim.replacing
+        assert out.stat().st_mode & 0o777 == 0o750  # the replacement keeps the directory's permissions
         assert sorted(p.name for p in out.iterdir()) == [".lock", "new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

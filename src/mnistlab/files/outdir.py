@@ -29,6 +29,7 @@ import functools
 import os
 import shlex
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -135,6 +136,7 @@ def claim_dir(out: str | Path | None, name: str, *, kind: str = "run", resume: b
             if not overwrite:
                 raise ConfigError(refusal(path, kind, there))
             claim.work = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+            os.chmod(claim.work, stat.S_IMODE(path.stat().st_mode))  # the permissions of what it replaces
             claim.fds.append(_lock(claim.work))
     except BaseException:
         claim.release(failed=True)
