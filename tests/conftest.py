@@ -91,3 +91,53 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- real faults ---------------------------------------------------------------------------------------------
+def _mount(*args: str) -> None:
+    import subprocess
+
+    r = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount ({r.stderr.strip() or 'mount failed'}): these tests need root, as in CI")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """`small_disk(size)`: a real tmpfs of `size` (e.g. "6m") mounted on a fresh folder under tmp_path, unmounted
+    afterwards. Skips, with the reason, where mounting is not allowed (not root)."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        _mount("-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where))
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """`read_only(folder)`: a read-only bind mount of `folder` (a real EROFS for every write through it),
+    unmounted afterwards. Skips, with the reason, where mounting is not allowed."""
+    import subprocess
+
+    mounted = []
+
+    def mount(folder: Path) -> Path:
+        where = tmp_path / f"ro{len(mounted)}"
+        where.mkdir()
+        _mount("--bind", str(folder), str(where))
+        mounted.append(where)
+        _mount("-o", "remount,ro,bind", str(where))
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], check=False)

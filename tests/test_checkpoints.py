@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mnistlab.data import load_split
-from mnistlab.errors import ConfigError, MnistlabError, UnsafeFileError
+from mnistlab.errors import ConfigError, MnistlabError, UnsafeFileError, WriteError
 from mnistlab.files.checkpoints import FORMATS, format_for, load_checkpoint, save_checkpoint, save_model
 from mnistlab.inference.predict import load_model
 from mnistlab.models import build_model
@@ -115,18 +115,17 @@ def test_unknown_format_is_refused(tmp_path):
         save_model(build_model("lenet5"), tmp_path / "m.h5", {"model": "lenet5"}, format="h5")
 
 
-def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
-    path = save_checkpoint(tmp_path / "checkpoint.pt", {"epoch": 1, "w": torch.ones(1000)})
-
-    def half_then_crash(obj, f, *a, **k):
-        Path(f).write_bytes(b"PK\x03\x04 half a zip")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", half_then_crash)
-    with pytest.raises(OSError):
-        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(1000)})
-    monkeypatch.undo()
-    assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+def test_a_checkpoint_that_does_not_fit_leaves_the_previous_one_intact(small_disk):
+    """A real full disk (a 1 MB tmpfs): the write fails as one sentence with the size it needs and what is free,
+    no temporary file is left, and the previous checkpoint still loads."""
+    disk = small_disk("1m")
+    path = save_checkpoint(disk / "checkpoint.pt", {"epoch": 1, "w": torch.ones(1000)})
+    with pytest.raises(WriteError) as e:
+        save_checkpoint(path, {"epoch": 2, "w": torch.zeros(1_000_000)})
+    message = str(e.value)
+    assert message.startswith(f"cannot write checkpoint.pt in {disk}: no space left on the device (it needs 4.0 MB, ")
+    assert message.endswith(" free)") and "Errno" not in message and "enforce" not in message
+    assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in disk.iterdir()] == ["checkpoint.pt"]
 
 
 # ---------------------------------------------------------------- the planted pickle

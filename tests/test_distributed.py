@@ -9,8 +9,10 @@ autocast (emulated where the CPU lacks it), whose metrics must still be the fp32
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,6 +146,35 @@ def test_resume_under_torchrun(ddp_run, mnist_dir, tmp_path):
     assert r.returncode != 0
     assert "the ranks loaded different checkpoints" in r.stderr
     assert len(rows(full_dir)) == EPOCHS  # nothing was trained
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_stops_every_rank_together_after_the_epoch(ddp_run, mnist_dir, tmp_path):
+    """torchrun passes SIGTERM on to its ranks; they agree at the end of the epoch in progress (one all-reduce
+    of the flag), stop together with that epoch saved, rank 0 alone says so, and --resume goes on."""
+    full_dir, _ = ddp_run
+    data = ["--data-dir", str(mnist_dir)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mnistlab",
+           "train", *RECIPE_ARGS, "--epochs", "3", *data, "--out", "part"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    part = tmp_path / "part"
+    deadline = time.monotonic() + 300
+    while not (part / "metrics.jsonl").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.02)
+    time.sleep(0.3 * rows(part)[0]["seconds"])  # inside epoch 2's training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert err.count("interrupted by SIGTERM") == 1, err[-3000:]  # rank 0 only
+    assert ("interrupted by SIGTERM after epoch 2: part holds epochs 1-2 in checkpoint.pt; continue with: "
+            "mnistlab train --resume part") in err
+    assert load_checkpoint(part / "checkpoint.pt")["epoch"] == 2 and not (part / "model.safetensors").exists()
+    for a, b in zip(rows(part), rows(full_dir), strict=True):  # the same epochs as the uninterrupted run
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)
+    r = mnistlab_train("--resume", "part", *data, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [row["epoch"] for row in rows(part)] == [1, 2, 3] and (part / "model.safetensors").exists()
 
 
 @pytest.mark.slow

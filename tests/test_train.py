@@ -164,3 +164,51 @@ def test_a_run_resumed_elsewhere_keeps_the_environment_it_started_in(mnist_dir, 
     assert env == {**first, "earlier": [{**elsewhere, "until_epoch": 2}]}
     train(resume=out, epochs=4, data_dir=mnist_dir, quiet=True)  # unchanged again: the record stays
     assert json.loads((out / "env.json").read_text()) == env
+
+
+# ---------------------------------------------------------------- where a run may be written
+def one_line(code: int, err: str) -> str:
+    assert code == 2 and "Traceback" not in err and "Errno" not in err and "Error:" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def test_out_on_an_existing_run_a_file_or_a_path_under_a_file_is_refused(trained_run, tmp_path, cli):
+    before = {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir() if p.name != ".lock"}
+    acc = json.loads((trained_run / "metrics.jsonl").read_text().splitlines()[0])["test_acc"]
+    err = one_line(*cli("train", "--out", str(trained_run))[::2])
+    assert err == (f"error: {trained_run} already holds a finished run (preset notebook, 1/1 epochs, test accuracy "
+                   f"{acc:.2f}%): continue it with --resume {trained_run}, choose another --out, or pass --overwrite "
+                   "to replace it")
+    assert {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir() if p.name != ".lock"} == before
+    (tmp_path / "README.md").write_text("not a run")
+    err = one_line(*cli("train", "--out", str(tmp_path / "README.md"))[::2])
+    assert err == f"error: {tmp_path}/README.md is a file, not a directory; choose another --out"
+    err = one_line(*cli("train", "--out", str(tmp_path / "README.md" / "run"))[::2])
+    assert err == (f"error: {tmp_path}/README.md/run: {tmp_path}/README.md is a file, so no directory can be made "
+                   "under it")
+    err = one_line(*cli("train", "--resume", str(trained_run), "--overwrite")[::2])
+    assert err == "error: --overwrite replaces a run directory with a new run; it cannot be combined with --resume"
+
+
+def test_a_disk_too_small_for_the_run_is_refused_before_training(small_disk, cli):
+    """The notebook network's run needs about 78 MB at its largest (two 33 MB checkpoints while one replaces the
+    other, the 11 MB model): a 6 MB tmpfs is refused at once, with both numbers, and nothing is left on it."""
+    disk = small_disk("6m")
+    code, out, err = cli("train", "--out", str(disk / "run"), "--device", "cpu")
+    assert one_line(code, err) == (f"error: not enough space in {disk}/run for this notebook run (checkpoints, "
+                                   "model): it needs about 78.6 MB and 6.3 MB is free; free some space or choose "
+                                   "another --out")
+    assert out == "" and list(disk.iterdir()) == []  # refused before the data was read or anything written
+
+
+def test_a_read_only_place_is_one_sentence(read_only, trained_run, tmp_path, cli):
+    (tmp_path / "empty").mkdir()
+    ro = read_only(tmp_path / "empty")
+    err = one_line(*cli("train", "--out", str(ro / "run"))[::2])
+    assert err == f"error: cannot make the directory {ro}/run: the file system is read-only"
+    ro_run = read_only(trained_run)  # resuming needs the run directory writable: its lock, then its files
+    err = one_line(*cli("train", "--resume", str(ro_run), "--epochs", "2")[::2])
+    assert err == f"error: cannot lock {ro_run} for writing: the file system is read-only"
+    err = one_line(*cli("export", "--model", str(trained_run), "--out", str(ro / "m.safetensors"))[::2])
+    assert err == f"error: cannot write m.safetensors in {ro}: the file system is read-only"

@@ -159,7 +159,7 @@ def kill_a_worker_mid_trial(study: str, url: str, procs: list[subprocess.Popen],
         with contextlib.suppress(ConfigError):  # the study may not exist yet
             for t in load(study, url).get_trials(states=(TrialState.RUNNING,)):
                 run = Path(t.user_attrs.get("run_dir", "/nonexistent"))
-                if (run / "checkpoint.pt").exists() and len(rows(run)) < epochs:
+                if 0 < len(rows(run)) < epochs:  # epoch 1's row is written after its checkpoint
                     pid = int(t.user_attrs["worker"].rsplit(":", 1)[1])
                     os.kill(pid, signal.SIGKILL)
                     return pid, t.number

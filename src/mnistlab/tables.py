@@ -18,6 +18,15 @@ def pts(x: float) -> str:
     return f"{x:+.2f} pt"
 
 
+def size(n: float) -> str:
+    """A byte count for people: "512 B", "4.2 MB", "1.3 GB" (powers of 1000, as df -H says)."""
+    for unit in ("B", "kB", "MB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

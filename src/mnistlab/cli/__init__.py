@@ -2,17 +2,21 @@
 
 Each module in COMMANDS exposes `add_parser(subparsers)`, which registers its subcommand(s) and sets
 `func=handler` as the parser default; handlers take the parsed args and return an exit code.
-This is the one place that turns a MnistlabError into "error: ..." and exit code 2.
+This is the one place that turns a MnistlabError or an OSError into "error: ..." and exit code 2, and an
+interruption into its line and 130 (SIGINT) or 143 (SIGTERM); the table is in docs/interrupting.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+from typing import Any
 
 from mnistlab import __version__
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import Interrupted, MnistlabError, os_error_sentence
 
 # Subcommand modules, in the order `mnistlab --help` lists them.
 COMMANDS = [
@@ -65,8 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = signal.getsignal(signal.SIGTERM)
+    handles = threading.current_thread() is threading.main_thread() and previous is not None
+    if handles:  # SIGTERM ends a command as Ctrl-C does
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return int(args.func(args) or 0)
+    except Interrupted as e:  # a run stopped by SIGINT/SIGTERM: what is saved and how to go on
+        if e.message:
+            print(e.message, file=sys.stderr)
+        return e.exit_code
     except MnistlabError as e:
         if args.debug:
             raise
@@ -78,8 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, RuntimeError) as e:
+    except OSError as e:  # a bad path, an existing file, no permission, a full disk: one sentence
+        if args.debug:
+            raise
+        print(f"error: {os_error_sentence(e)}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as e:
         if args.debug:
             raise
         print(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        if handles:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Interrupted(signum, "terminated (SIGTERM)")

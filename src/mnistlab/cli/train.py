@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mnistlab.cli.common import add_training_options, overrides_from, positive_int
 from mnistlab.errors import ConfigError
-from mnistlab.files.runs import new_run_dir
+from mnistlab.files.outdir import claim_dir, scoped
 from mnistlab.presets import Config, load_config, resolve
 from mnistlab.training.run import train
 
@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_training_options(p, lr_find=True)
     p.add_argument("--out", help="run directory (default runs/<preset>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last completed epoch")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace what --out holds, once the new run's first epoch is saved (until then it is kept)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--ensemble", type=positive_int, metavar="K",
                    help="train K models (seeds seed..seed+K-1) and average their predictions")
@@ -27,7 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, preset=None)  # None: --preset not given (the file's preset, else notebook)
 
 
+@scoped  # a directory claimed here (for --lr find) stays locked until the command ends
 def run(args: argparse.Namespace) -> int:
+    if args.overwrite and (args.resume or args.ensemble):
+        raise ConfigError(f"--overwrite replaces a run directory with a new run; it cannot be combined with "
+                          f"{'--resume' if args.resume else '--ensemble'}")
     over = overrides_from(args)
     find = over.get("lr") == "find"
     if find:
@@ -61,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"ensemble of {args.ensemble}: test accuracy {ens.test_acc:.2f}% (members {accs})  "
                   f"run: {ens.run_dir}")
         return 0
-    result = train(args.preset, out=args.out, resume=args.resume, data_dir=args.data_dir, quiet=args.quiet,
-                   config=config, **({} if config else over))
+    result = train(args.preset, out=args.out, resume=args.resume, overwrite=args.overwrite, data_dir=args.data_dir,
+                   quiet=args.quiet, config=config, **({} if config else over))
     if result.run_dir is not None and not args.quiet and result.history:
         which = f" (epoch {result.model_epoch}'s weights)" if result.best_epoch else ""
         print(f"test accuracy {result.test_acc:.2f}%{which}  run: {result.run_dir}")
@@ -70,11 +76,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def find_lr(args: argparse.Namespace, cfg: Config) -> tuple[Path, float, str]:
-    """Run the range test for `cfg` into the run directory-to-be; (that directory, the rate, a provenance note)."""
+    """Run the range test for `cfg` into the run directory-to-be, claimed for the whole command (training then
+    claims it again); (that directory, the rate, a provenance note)."""
     from mnistlab.experiments.lr_find import lr_find
 
-    out = new_run_dir(f"{cfg.preset}-ensemble" if args.ensemble else cfg.preset, args.out)
-    result = lr_find(config=cfg, out=out, data_dir=args.data_dir)
+    claim = claim_dir(args.out, f"{cfg.preset}-ensemble" if args.ensemble else cfg.preset,
+                      kind="ensemble" if args.ensemble else "run", overwrite=args.overwrite)
+    out = claim.path
+    result = lr_find(config=cfg, out=claim.work, data_dir=args.data_dir)
     if not args.quiet:
         print(f"lr-find: training with lr {result.suggestion:.3g}, {result.method} (lr_find.png, lr_find.json in "
               f"{out})", flush=True)

@@ -13,7 +13,8 @@ import torch
 from mnistlab.errors import ConfigError
 from mnistlab.experiments.trial import make_spec, reuse_problem
 from mnistlab.files.checkpoints import model_metadata, read_safetensors, save_safetensors
-from mnistlab.files.runs import atomic_write, new_run_dir, read_metrics, write_json, write_metrics
+from mnistlab.files.outdir import claim_dir, scoped
+from mnistlab.files.runs import atomic_write, read_metrics, write_json, write_metrics
 from mnistlab.presets import Config, optimizer_class, read_run_config, resolve
 from mnistlab.stats import Difference
 from mnistlab.tables import csv_text, md_table, pct
@@ -119,6 +120,7 @@ def compare(preset: str = "notebook", optimizers: str | Sequence[str] = ("adam",
                                  opts=opts or {}))
 
 
+@scoped  # the comparison's directory stays locked while it runs
 def run_compare(spec: CompareSpec) -> CompareResult:
     """Train `spec`'s optimizers; compare.csv/md/json, compare.png, the verdict."""
     base, opts, quiet = spec.base, spec.opts, spec.quiet
@@ -126,7 +128,7 @@ def run_compare(spec: CompareSpec) -> CompareResult:
     unknown = set(opts) - {label for label, _ in specs}
     if unknown:
         raise ConfigError(f"--opt names {', '.join(sorted(unknown))}, which is not among the optimizers compared")
-    run_dir = new_run_dir(f"compare-{base.preset}", spec.out)
+    run_dir = claim_dir(spec.out, f"compare-{base.preset}", kind="compare").path
     init_state = spec.init_state if spec.init_state is not None else init_weights(base)
     save_state(init_state, base, run_dir / "initial.safetensors")
     configs, histories, notes = {}, {}, []

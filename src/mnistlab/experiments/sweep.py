@@ -21,7 +21,8 @@ import torch
 
 from mnistlab.errors import ConfigError
 from mnistlab.experiments.trial import make_spec, reuse_problem, run_trial, same_run
-from mnistlab.files.runs import atomic_write, new_run_dir, read_metrics, write_json
+from mnistlab.files.outdir import claim_dir, scoped
+from mnistlab.files.runs import atomic_write, read_metrics, write_json
 from mnistlab.presets import Config, read_run_config, resolve
 from mnistlab.stats import Difference, best_epoch
 from mnistlab.tables import csv_text, pct
@@ -181,6 +182,7 @@ def sweep(preset: str = "notebook", lrs: Sequence[float] | None = None, epochs: 
                                epochs=epochs or (), batch_sizes=batch_sizes or ()))
 
 
+@scoped  # the sweep directory stays locked while it runs
 def run_sweep(spec: SweepSpec) -> SweepResult:
     """Train `spec`'s grid; sweep.csv, sweep.json, sweep.png and the setting chosen on validation."""
     base, data_dir, quiet = spec.base, spec.data_dir, spec.quiet
@@ -189,7 +191,7 @@ def run_sweep(spec: SweepSpec) -> SweepResult:
     batch_sizes = list(spec.batch_sizes or [base.batch_size])
     if min(epochs) < 1 or min(batch_sizes) < 1 or min(lrs) <= 0:
         raise ConfigError("sweep values must be positive")
-    run_dir = new_run_dir(f"sweep-{base.preset}", spec.out)
+    run_dir = claim_dir(spec.out, f"sweep-{base.preset}", kind="sweep").path
     todo, notes = plan(base, lrs, epochs, batch_sizes, run_dir, spec.reuse, spec.runs)
     jobs = max(1, min(int(spec.jobs), len(todo)))
     if jobs > 1:

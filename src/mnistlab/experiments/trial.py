@@ -92,8 +92,9 @@ def run_trial(config: Config, run_dir: str | Path, *, source: str | Path | None 
         for name in RUN_FILES:
             if (Path(source) / name).exists():
                 atomic_write(run_dir / name, (Path(source) / name).read_bytes())
-    if not (run_dir / "checkpoint.pt").exists():
-        return train(config=config, out=run_dir, data_dir=data_dir, quiet=quiet, callbacks=tuple(callbacks))
+    if not (run_dir / "checkpoint.pt").exists():  # files of a trial that never saved an epoch are replaced
+        return train(config=config, out=run_dir, overwrite=True, data_dir=data_dir, quiet=quiet,
+                     callbacks=tuple(callbacks))
     recorded = read_run_config(run_dir)[0]
     if not same_run(recorded, config):
         raise ConfigError(f"{run_dir} holds a checkpoint of a different run; choose another directory")

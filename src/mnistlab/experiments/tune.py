@@ -43,7 +43,7 @@ from mnistlab.experiments.study import (
     storage_url,
 )
 from mnistlab.experiments.trial import config_json, held_out, run_trial
-from mnistlab.files.runs import read_metrics
+from mnistlab.files.checkpoints import load_checkpoint
 from mnistlab.tables import pct
 from mnistlab.training.distributed import usable_cpus
 
@@ -265,7 +265,7 @@ def objective(trial: optuna.Trial, s: Settings, admission: Admission) -> float:
     source = None
     if (failed := retried_from(frozen)) is not None and (trial_dir(s.out, failed) / "checkpoint.pt").exists():
         source = trial_dir(s.out, failed)
-        pruning.report(read_metrics(source))
+        pruning.report(load_checkpoint(source / "checkpoint.pt")["history"])  # the metrics may lag it an epoch
     result = run_trial(cfg, run_dir, source=source, callbacks=(pruning,), data_dir=s.data_dir, quiet=True)
     if pruning.pruned_at is not None:
         raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at}")

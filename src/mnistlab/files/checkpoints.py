@@ -16,6 +16,7 @@ extra flags. Formats (`save_model`, `read_model`):
 from __future__ import annotations
 
 import copy
+import io
 import json
 import pickletools
 import warnings
@@ -25,12 +26,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from mnistlab.errors import ConfigError, MnistlabError, UnsafeFileError
 from mnistlab.files import graphs
-from mnistlab.files.runs import atomic_path
+from mnistlab.files.runs import atomic_write
 from mnistlab.models import MODELS, build_model, count_params, unwrap
 from mnistlab.presets import PRESETS, Config
 
@@ -58,9 +60,7 @@ def model_metadata(cfg: Config, extra: dict[str, Any] | None = None) -> dict[str
 def save_safetensors(model: nn.Module, path: str | Path, meta: dict[str, Any]) -> Path:
     """Weights as safetensors, `meta` JSON-encoded into the header's metadata."""
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
-    return Path(path)
+    return atomic_write(path, safetensors_bytes(state, metadata={k: json.dumps(v) for k, v in meta.items()}))
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -83,10 +83,14 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def save_checkpoint(path: str | Path, state: Any) -> Path:
-    """torch.save(`state`) atomically (a training checkpoint: tensors, numbers, strings, dicts only)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return Path(path)
+    """torch.save(`state`) atomically (a training checkpoint: tensors, numbers, strings, dicts only).
+
+    Serialised in memory first, then written: a failed write is then Python's OSError (a full disk: a
+    WriteError with the size it needs), not torch's zip writer's C++ error, and nothing partial is left.
+    """
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write(path, buf.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> Any:

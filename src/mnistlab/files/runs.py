@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -28,7 +29,8 @@ from typing import Any
 import torch
 
 from mnistlab import __version__
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import MnistlabError, WriteError, os_error_sentence
+from mnistlab.tables import size as size_text
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once: files get the permissions a plain open() would give them
@@ -38,26 +40,59 @@ METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
 
 # ---------------------------------------------------------------- atomic files
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`."""
+def atomic_path(path: str | Path, size: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`.
+
+    On any failure the temporary file is removed and `path` keeps what it held. An OSError (a full disk, a
+    read-only file system, no permission) becomes a WriteError saying what was being written, where, and, for
+    a full disk, how much it needs (`size` bytes, when the caller knows) and how much is free.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise WriteError(write_failure(path, e, size)) from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def atomic_write(path: str | Path, data: str | bytes) -> Path:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
+def write_failure(path: Path, e: OSError, size: int | None = None) -> str:
+    """One sentence for a failed write of `path`: what, where, why, and for a full disk the space it needs."""
+    line = os_error_sentence(e, f"cannot write {path.name} in {path.parent}")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = free_bytes(path.parent)
+        need = f"it needs {size_text(size)}, " if size is not None else ""
+        line += f" ({need}{size_text(free)} free)" if free is not None else ""
+    return line
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the file system holding `path` (its nearest existing
+    ancestor); None when it cannot be asked."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def atomic_write(path: str | Path, data: str | bytes | memoryview) -> Path:
+    data = data.encode() if isinstance(data, str) else data
+    with atomic_path(path, len(data)) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
     return Path(path)
 
 
@@ -103,18 +138,22 @@ def read_metrics(run_dir: str | Path, name: str = "metrics") -> list[dict[str, A
 
 # ---------------------------------------------------------------- run directories
 def new_run_dir(preset: str, out: str | Path | None = None, root: str | Path = "runs") -> Path:
-    """`out` if given, else runs/<preset>-<YYYYmmdd-HHMMSS>[-N]."""
+    """`out` if given, else a new runs/<preset>-<YYYYmmdd-HHMMSS>[-N]: made with an exclusive mkdir, so two
+    runs started in the same second (in two processes) never get the same directory."""
     if out is not None:
         path = Path(out)
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path(root) / f"{preset}-{stamp}"
-        n = 1
-        while path.exists():
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    Path(root).mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = Path(root) / (f"{preset}-{stamp}" if n == 1 else f"{preset}-{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
             n += 1
-            path = Path(root) / f"{preset}-{stamp}-{n}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def latest_run(root: str | Path = "runs") -> Path | None:

@@ -20,7 +20,8 @@ from torch import nn
 
 from mnistlab.errors import ConfigError
 from mnistlab.files.checkpoints import model_metadata
-from mnistlab.files.runs import new_run_dir, write_json
+from mnistlab.files.outdir import claim_dir, scoped
+from mnistlab.files.runs import write_json
 from mnistlab.inference.evaluate import evaluate_model
 from mnistlab.inference.predict import LoadedModel, load_model
 from mnistlab.models import unwrap
@@ -99,6 +100,7 @@ def _loaded(result: TrainResult) -> LoadedModel:
     return LoadedModel.of(model, model_metadata(result.config), result.run_dir or Path("."), "safetensors")
 
 
+@scoped  # the ensemble's directory stays locked while its members train
 def train_ensemble(preset: str = "best", k: int = 3, *, out: str | Path | None = None,
                    data_dir: str | Path | None = None, quiet: bool = False, write_run: bool = True,
                    **overrides: Any) -> EnsembleResult:
@@ -106,7 +108,7 @@ def train_ensemble(preset: str = "best", k: int = 3, *, out: str | Path | None =
     if k < 1:
         raise ConfigError(f"--ensemble needs at least 1 member, got {k}")
     base = resolve(preset, **overrides)
-    run_dir = new_run_dir(f"{preset}-ensemble", out) if write_run else None
+    run_dir = claim_dir(out, f"{preset}-ensemble", kind="ensemble").path if write_run else None
     members = []
     for i in range(k):
         seed = base.seed + i

@@ -32,7 +32,8 @@ import torch
 from mnistlab.experiments.compare import CompareResult, compare, save_state, states_equal
 from mnistlab.experiments.sweep import SweepResult, sweep
 from mnistlab.files.checkpoints import model_metadata
-from mnistlab.files.runs import new_run_dir, read_json, write_json
+from mnistlab.files.outdir import claim_dir, scoped
+from mnistlab.files.runs import read_json, write_json
 from mnistlab.lab.analysis import analyse, analyse_run, write_analysis
 from mnistlab.lab.insight import insight_figures
 from mnistlab.lab.inspect import inspect
@@ -77,6 +78,7 @@ class LabResult:
         return (self.config.subset or 60_000) - self.config.val
 
 
+@scoped  # the lab's directory stays locked while it runs
 def lab(out: str | Path | None = None, *, quick: bool = False, data_dir: str | Path | None = None,
         device: str | None = None, jobs: int = 1, quiet: bool = False, tensorboard: bool = True,
         notebook: bool = True) -> LabResult:
@@ -89,7 +91,7 @@ def lab(out: str | Path | None = None, *, quick: bool = False, data_dir: str | P
     settings = dict(QUICK if quick else FULL)
     cfg = resolve("notebook", epochs=settings["epochs"], subset=settings["subset"], val=settings["val"],
                   device=device, tensorboard=tensorboard)
-    run_dir = new_run_dir("lab-quick" if quick else "lab", out)
+    run_dir = claim_dir(out, "lab-quick" if quick else "lab", kind="lab").path
     r = LabResult(run_dir, quick, settings, cfg, data_dir=str(data_dir) if data_dir else None, jobs=jobs)
     steps = [("Exercise 1: inspect the notebook preset (questions 1-5)", _inspect),
              (f"Exercise 1: train it for {cfg.epochs} epochs, accuracy per epoch and analysis (6, 7)", _exercise1),

@@ -1,19 +1,25 @@
-"""Engine callbacks of a training run: weight averaging, early stopping, and the run directory's per-epoch
-files and checkpoint."""
+"""Engine callbacks of a training run: weight averaging, early stopping, the run directory's per-epoch
+files and checkpoint, and stopping on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
+import shlex
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from mnistlab.data.loader import DeviceLoader
+from mnistlab.errors import Interrupted
 from mnistlab.files.checkpoints import model_metadata, save_checkpoint
+from mnistlab.files.outdir import Claim
 from mnistlab.files.runs import write_metrics
-from mnistlab.models import unwrap
+from mnistlab.models import build_model, unwrap
 from mnistlab.presets import Config
 from mnistlab.stats import best_epoch
 from mnistlab.training.engine import Callback
@@ -89,18 +95,28 @@ class EarlyStopping(Callback):
 
 
 class RunWriter(Callback):
-    """Engine callback: after every epoch, metrics files and an atomic checkpoint in the run directory."""
+    """Engine callback: after every epoch, an atomic checkpoint, then the metrics files, in the run directory.
+
+    The checkpoint comes first, so metrics.csv/metrics.jsonl never claim an epoch the checkpoint does not hold
+    (a write that fails leaves both at the previous epoch, and `--resume` goes on from there); at the start
+    the metrics files are rewritten from the history being continued. With a `claim` that replaces a
+    directory, the first epoch's files put the new run in its place (`Claim.commit`), not before.
+    """
 
     def __init__(self, run_dir: Path, cfg: Config, model: nn.Module, optimizer, scheduler,
-                 average: nn.Module | None = None, early_stop: EarlyStopping | None = None) -> None:
-        self.run_dir, self.cfg = run_dir, cfg
+                 average: nn.Module | None = None, early_stop: EarlyStopping | None = None,
+                 claim: Claim | None = None) -> None:
+        self.run_dir, self.cfg, self.claim = run_dir, cfg, claim
         self.model, self.optimizer, self.scheduler, self.average = model, optimizer, scheduler, average
         self.early_stop = early_stop  # runs before this writer, so its state includes this epoch
         self.history: list[dict[str, Any]] = []
 
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, train: DeviceLoader) -> None:
+        if self.history:  # rows an interrupted process wrote past its checkpoint are rolled back
+            write_metrics(self.run_dir, self.history)
+
     def on_epoch_end(self, row: dict[str, Any]) -> None:
-        self.history.append(row)
-        write_metrics(self.run_dir, self.history)
+        history = [*self.history, row]
         save_checkpoint(self.run_dir / "checkpoint.pt", {
             "format": "mnistlab-checkpoint",
             "epoch": row["epoch"],
@@ -108,11 +124,105 @@ class RunWriter(Callback):
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": rng_state(),
-            "history": self.history,
+            "history": history,
             "meta": model_metadata(self.cfg),
             "ema": self.average.state_dict() if self.average is not None else None,
             "early_stop": self.early_stop.state_dict() if self.early_stop is not None else None,
         })
+        self.history = history
+        write_metrics(self.run_dir, self.history)
+        if self.claim is not None:  # a replacement goes in place whole, checkpoint and metrics
+            self.run_dir = self.claim.commit()
+
+
+def run_bytes(cfg: Config, resume: bool = False) -> int:
+    """About the most a run directory of `cfg` holds at once: two checkpoints while one replaces the other
+    (one when resuming: the old one is there already), each the weights, the optimizer's state (counted as two
+    tensors per weight, Adam's moments, the most torch's optimizers keep), the weight average and early
+    stopping's best weights; the final model file; 1 MB for config, metrics and TensorBoard."""
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+        model = build_model(cfg.model, **cfg.model_args)
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    checkpoint = weights * (3 + bool(cfg.ema) + bool(cfg.early_stop))
+    return (1 if resume else 2) * checkpoint + weights + 1_000_000
+
+
+class SignalStop(Callback):
+    """Engine callback: SIGINT and SIGTERM stop the run at the next step boundary and raise `Interrupted`,
+    whose one line says what is saved and how to go on (the CLI exits 130 or 143).
+
+    Used as a context manager that installs the handlers (main thread only) and restores the previous ones.
+    The handler only records the signal; `on_step` reads that attribute, so a step costs no host sync.
+    What is durable is the last completed epoch: this callback runs after the run's writer, so a completed
+    epoch's checkpoint is on disk before a stop is raised; the partial epoch is dropped (replaying part of an
+    epoch exactly would need the loader's position and every RNG mid-epoch). A second signal stops at once.
+    Under torchrun the ranks stop together at the end of the epoch in progress, after one all-reduce of the
+    flag per epoch (a rank stopping alone would leave the others waiting in the gradients' all-reduce).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, claim: Claim | None, distributed: bool = False, main: bool = True) -> None:
+        self.claim, self.distributed, self.main = claim, distributed, main
+        self.signum: int | None = None
+        self.done = 0  # the last completed epoch
+        self.epoch: int | None = None  # the epoch in progress
+        self.device = torch.device("cpu")
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalStop:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise self.interrupted(signum)
+        self.signum = signum
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer, train: DeviceLoader) -> None:
+        self.device = train.device
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        self.epoch, self.done = epoch, epoch - 1
+
+    def on_step(self, loss: torch.Tensor) -> None:
+        if self.signum is not None and not self.distributed:
+            raise self.interrupted(self.signum)
+
+    def on_epoch_end(self, metrics: dict[str, Any]) -> None:
+        self.done, self.epoch = int(metrics["epoch"]), None
+        if self.distributed:
+            flag = torch.tensor([self.signum or 0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.signum = self.signum or int(flag.item()) or None
+        if self.signum is not None:
+            raise self.interrupted(self.signum)
+
+    def interrupted(self, signum: int) -> Interrupted:
+        """The exception for `signum`, with the line saying what is saved (empty on ranks other than the main)."""
+        if not self.main:
+            return Interrupted(signum, "")
+        name = signal.Signals(signum).name
+        where = f"in epoch {self.epoch}" if self.epoch is not None else f"after epoch {self.done}"
+        if self.claim is None:
+            return Interrupted(signum, f"interrupted by {name} {where}: nothing is saved (no run directory)")
+        path = self.claim.path
+        again = f"mnistlab train --resume {shlex.quote(str(path))}"
+        if self.claim.replacing:
+            saved = (f"the new run had no complete epoch, so none of it is kept; {path} still holds what it held "
+                     "before --overwrite")
+        elif self.done == 0:
+            saved = f"no epoch is complete; {path} holds the run's settings; start it with: {again}"
+        else:
+            epochs = "epoch 1" if self.done == 1 else f"epochs 1-{self.done}"
+            partial = f" (epoch {self.epoch} is not: it was partial)" if self.epoch is not None else ""
+            saved = f"{path} holds {epochs} in checkpoint.pt{partial}; continue with: {again}"
+        return Interrupted(signum, f"interrupted by {name} {where}: {saved}")
 
 
 def rng_state() -> dict[str, Any]:

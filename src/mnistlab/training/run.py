@@ -18,9 +18,9 @@ from mnistlab.data import load_split
 from mnistlab.data.loader import DeviceLoader
 from mnistlab.errors import ConfigError, MnistlabError
 from mnistlab.files.checkpoints import load_checkpoint, model_metadata, save_safetensors
+from mnistlab.files.outdir import Claim, check_space, claim_dir, enter_scope, scoped
 from mnistlab.files.runs import (
     environment,
-    new_run_dir,
     record_environment,
     remove_partial_files,
     write_json,
@@ -29,7 +29,7 @@ from mnistlab.models import build_model
 from mnistlab.presets import Config, read_run_config, resolve
 from mnistlab.training import distributed, tensorboard
 from mnistlab.training.augment import RandomAffine
-from mnistlab.training.callbacks import EarlyStopping, RunWriter, WeightAverage, set_rng_state
+from mnistlab.training.callbacks import EarlyStopping, RunWriter, SignalStop, WeightAverage, run_bytes, set_rng_state
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, describe_precision, pick_device
 from mnistlab.training.engine import Callback, EpochMetrics, FitPlan, StepOptions, fit
 from mnistlab.training.optim import make_optimizer, make_scheduler
@@ -114,11 +114,13 @@ def augmenter(cfg: Config):
     return RandomAffine(**cfg.augment)
 
 
+@scoped  # the run directory's claim (its lock) and the signal handlers end with the call
 def train(
     preset: str = "notebook",
     *,
     out: str | Path | None = None,
     resume: str | Path | None = None,
+    overwrite: bool = False,
     data_dir: str | Path | None = None,
     quiet: bool = False,
     write_run: bool = True,
@@ -133,18 +135,27 @@ def train(
     overrides only `epochs` (more of them) and `device` may change it (`resumed_config`). `config` gives a
     ready Config instead of the preset, the overrides applied to it; `init_state` starts from given initial
     weights (compare uses it to give every optimizer the same start).
+
+    The run directory is locked while this trains (`files.outdir.claim_dir`): a directory holding anything
+    is refused unless `overwrite` (replaced once the new run's first checkpoint is durable), and so is a disk
+    without room for the run. SIGINT/SIGTERM stop at the next step and raise `errors.Interrupted`.
     """
     if resume is not None:
         cfg = resumed_config(resume, overrides, quiet)
     else:
         cfg = resolve(preset, base=config, **overrides)
     env = distributed.setup(cfg.device)  # the group is left at exit: a later train() reuses it
+    claim = None
+    if write_run and env.is_main:  # one writer, holding the directory's lock; refused before any training
+        claim = claim_dir(resume if resume is not None else out, cfg.preset, resume=resume is not None,
+                          overwrite=overwrite)
+        check_space(claim.work, run_bytes(cfg, resume is not None), f"this {cfg.preset} run (checkpoints, model)")
+    stop = enter_scope(SignalStop(claim, env.active, env.is_main))  # from here SIGINT/SIGTERM stop at a step
     prep = prepare(cfg, env, resume, data_dir, init_state)
     net = wrap(prep, cfg, env)
-    run_dir = None
-    if write_run and env.is_main:  # one writer
-        run_dir = Path(resume) if resume is not None else new_run_dir(cfg.preset, out)
-    cbs = run_callbacks(prep, cfg, env, run_dir, quiet, callbacks)
+    run_dir = claim.work if claim is not None else None
+    cbs = [*run_callbacks(prep, cfg, env, run_dir, quiet, callbacks, claim=claim),
+           stop]  # last: a completed epoch is saved before a stop is raised
     stopped = prep.stopper is not None and prep.stopper.stopped_epoch is not None
     if resume is not None and env.is_main and not quiet:
         if stopped:
@@ -157,6 +168,7 @@ def train(
                    step=step_options(cfg, prep.amp), callbacks=cbs, history=prep.history,
                    eval_model=prep.averager.for_eval if prep.averager else None)
     history = fit(net, prep.optimizer, prep.data.train, prep.data.evals, plan)
+    run_dir = claim.commit() if claim is not None else None  # a replacement is in place after its first epoch
     final = prep.model if prep.averager is None else prep.averager.average.module  # what was evaluated
     result = TrainResult(run_dir, cfg, history, final)
     if prep.stopper is not None and prep.stopper.best_state is not None:
@@ -305,9 +317,10 @@ def wrap(prep: Prepared, cfg: Config, env: distributed.DistEnv) -> nn.Module:
 
 
 def run_callbacks(prep: Prepared, cfg: Config, env: distributed.DistEnv, run_dir: Path | None, quiet: bool,
-                  extra: Sequence[Callback] = ()) -> list[Callback]:
+                  extra: Sequence[Callback] = (), claim: Claim | None = None) -> list[Callback]:
     """Phase 3: the engine callbacks, in the order they run: progress, per-rank seeding, weight averaging,
-    the caller's, early stopping, and last the run directory's writer (`run_dir`: only the main rank writes)."""
+    the caller's, early stopping, the run directory's writer (`run_dir`: only the main rank writes; `claim`:
+    its lock, and what it replaces), then TensorBoard."""
     cbs: list[Callback] = []
     if env.is_main and not quiet:
         print(describe_precision(cfg.amp, prep.amp, prep.device), flush=True)
@@ -325,13 +338,13 @@ def run_callbacks(prep: Prepared, cfg: Config, env: distributed.DistEnv, run_dir
         precision = amp_name(prep.amp)  # what "auto" chose; None: fp32
         record_environment(run_dir / "env.json", environment(prep.device, env.world_size, env.backend, precision,
                                                              cpu_supports_bf16()), prep.start_epoch)
-        board = tensorboard.open_logger(run_dir, cfg, precision or "fp32", prep.history)
-        if board is not None:  # before RunWriter: an epoch's events are on disk before its checkpoint
-            cbs.append(board)
         writer = RunWriter(run_dir, cfg, prep.model, prep.optimizer, prep.scheduler,
-                           prep.averager.average if prep.averager else None, prep.stopper)
+                           prep.averager.average if prep.averager else None, prep.stopper, claim)
         writer.history = list(prep.history)
         cbs.append(writer)
+        board = tensorboard.open_logger(lambda: writer.run_dir, cfg, precision or "fp32", prep.history)
+        if board is not None:  # after RunWriter: no event is logged for an epoch its checkpoint lacks
+            cbs.append(board)
     return cbs
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,13 @@ SAMPLES = 30  # the first test images, shown with their predictions
 _told_missing = False
 
 
-def open_logger(run_dir: Path, cfg: Config, precision: str,
+def open_logger(run_dir: Path | Callable[[], Path], cfg: Config, precision: str,
                 history: list[EpochMetrics] | None = None) -> TensorBoardLogger | None:
-    """The run's TensorBoard callback, its event file already holding `history` (the epochs a resumed run
-    has done); None when turned off or when tensorboard is not installed (said once per process on stderr;
-    training goes on without it)."""
+    """The run's TensorBoard callback, its event file starting with `history` (the epochs a resumed run has
+    done); None when turned off or when tensorboard is not installed (said once per process on stderr;
+    training goes on without it). The event file is made when the first epoch is logged, in `run_dir` (or the
+    directory `run_dir()` names then: a run replacing another is in its place only from its first
+    checkpoint, and TensorBoard's writer reopens its file by name)."""
     global _told_missing
     if not cfg.tensorboard:
         return None
@@ -58,10 +61,8 @@ def open_logger(run_dir: Path, cfg: Config, precision: str,
             print(MISSING, file=sys.stderr, flush=True)
             _told_missing = True
         return None
-    logger = TensorBoardLogger(SummaryWriter(str(run_dir), purge_step=1), cfg, precision)
-    for row in history or []:
-        logger.log_epoch(row)
-    return logger
+    where = run_dir if callable(run_dir) else (lambda: run_dir)
+    return TensorBoardLogger(lambda: SummaryWriter(str(where()), purge_step=1), cfg, precision, history)
 
 
 def hparams_of(cfg: Config, precision: str) -> dict[str, Any]:
@@ -81,13 +82,25 @@ def hparams_of(cfg: Config, precision: str) -> dict[str, Any]:
 class TensorBoardLogger(Callback):
     """Engine callback: one point per scalar per epoch; `summarise` adds the end-of-run summaries."""
 
-    def __init__(self, writer: Any, cfg: Config, precision: str) -> None:
-        self.writer, self.cfg, self.precision = writer, cfg, precision
+    def __init__(self, open_writer: Callable[[], Any], cfg: Config, precision: str,
+                 history: list[EpochMetrics] | None = None) -> None:
+        self.open_writer, self.cfg, self.precision = open_writer, cfg, precision
+        self.earlier = list(history or [])  # logged first, when the writer opens
         self.epochs_logged = 0
+        self._writer: Any = None
+
+    @property
+    def writer(self) -> Any:
+        """The SummaryWriter, opened on first use with the earlier epochs logged."""
+        if self._writer is None:
+            self._writer = self.open_writer()
+            for row in self.earlier:
+                self.log_epoch(row)
+        return self._writer
 
     def on_epoch_end(self, metrics: EpochMetrics) -> None:
         self.log_epoch(metrics)
-        self.writer.flush()  # written before the epoch's checkpoint, and visible to a running TensorBoard
+        self.writer.flush()  # written after the epoch's checkpoint, and visible to a running TensorBoard
         self.epochs_logged += 1
 
     def log_epoch(self, metrics: EpochMetrics) -> None:
@@ -106,7 +119,8 @@ class TensorBoardLogger(Callback):
                 self._hparams(history, step)
                 self._images(model, test, step)
         finally:
-            self.writer.close()
+            if self._writer is not None:
+                self._writer.close()
 
     def _hparams(self, history: list[EpochMetrics], step: int) -> None:
         from torch.utils.tensorboard.summary import hparams
