@@ -27,8 +27,9 @@ system-deps:
 test: $(BIN)/.installed system-deps
 	$(BIN)/python -m pytest -q --durations=15
 
+# test-fast runs on every core (pytest-xdist): its tests are many short, mostly single-threaded CLI runs
 test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --durations=15
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
