@@ -27,7 +27,7 @@ system-deps:
 test: $(BIN)/.installed system-deps
 	$(BIN)/python -m pytest -q --durations=15
 
-# test-fast runs on every core (pytest-xdist): its tests are many short, mostly single-threaded CLI runs
+# test-fast runs its tests on every core (pytest-xdist, one worker per core)
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow" -n auto --durations=15
 
