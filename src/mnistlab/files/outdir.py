@@ -9,9 +9,9 @@ with `claim_dir`:
   claimant simply takes it. A second writer is refused, naming the holder.
 - **No silent overwrite.** A directory that holds anything is refused with what is there, unless the caller
   continues it (`resume`) or replaces it (`overwrite`). Replacing writes into a hidden sibling
-  (`.<name>.new-*`), which `Claim.commit()` swaps into place (with one atomic exchange where Linux has it);
-  the caller commits once its first checkpoint is durable. Until then the old contents are untouched, and a
-  failure or an interruption before that leaves them so.
+  (`.<name>.new-*`), which `Claim.commit()` swaps into place (three renames, the old contents set aside in
+  another hidden sibling first); the caller commits once its first checkpoint is durable. Until then the old
+  contents are untouched, and a failure or an interruption before that leaves them so.
 - **Room.** `check_space` refuses at once, with both numbers, what the file system cannot hold.
 
 Claims taken inside a `scoped` call are released when that call returns or raises; elsewhere a claim is a
@@ -22,8 +22,6 @@ claim its directory, write into it, then call `train` into it).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import fcntl
 import functools
 import os
@@ -282,15 +280,8 @@ def _lock(path: Path) -> int:
 
 
 def _exchange(a: Path, b: Path) -> None:
-    """Swap the directories `a` and `b`: one atomic renameat2(RENAME_EXCHANGE) on Linux, else three renames."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if renameat2 is not None:
-        at_fdcwd, rename_exchange = -100, 2
-        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS):
-            raise OSError(err, os.strerror(err), str(b))
+    """Swap the directories `a` and `b` with three renames, `b` set aside in a hidden sibling first: a process
+    killed between them leaves `b`'s contents whole in `.<b>.old-*` (Python has no renameat2's exchange)."""
     aside = Path(tempfile.mkdtemp(prefix=f".{b.name}.old-", dir=b.parent))
     os.rename(b, aside / "x")
     os.rename(a, b)
