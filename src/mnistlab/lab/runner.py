@@ -115,7 +115,8 @@ def lab(out: str | Path | None = None, *, quick: bool = False, data_dir: str | P
 
 def _inspect(r: LabResult, data_dir, quiet: bool) -> None:
     r.info = inspect(config=resolve("notebook", device=r.config.device))  # questions 1-5: the notebook as written
-    write_json(r.run_dir / "exercise1" / "inspect.json", r.info)
+    ex1 = claim_dir(r.run_dir / "exercise1", "exercise1").path  # held by the lab: step 1 trains in beside these
+    write_json(ex1 / "inspect.json", r.info)
 
 
 def _exercise1(r: LabResult, data_dir, quiet: bool) -> None:
