@@ -66,6 +66,12 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def train_offered(host: str, runs: str | None, allow_train: bool) -> bool:
+    """Whether /train (runs started from the browser, which spend this machine) is offered: with a runs
+    directory to write into, on loopback, or anywhere with --allow-train."""
+    return runs is not None and (is_loopback(host) or allow_train)
+
+
 def load(model: str | Path | None, trust_pickle: bool = False):
     """The LoadedModel for --model (default: the latest run)."""
     from mnistlab.inference.predict import load_model
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--runs {args.runs}: not a directory")
     if args.allow_train and args.runs is None:
         raise ConfigError("--allow-train needs --runs DIR: the runs started from the browser are written there")
-    train = args.runs is not None and (is_loopback(args.host) or args.allow_train)
+    train = train_offered(args.host, args.runs, args.allow_train)
     loaded = load(args.model, args.trust_pickle) if args.model is not None or args.runs is None else None
     check_listen(args.host, args.port)
     app = create_app(loaded, data_dir=args.data_dir, runs_dir=args.runs, train=train)
@@ -101,5 +107,6 @@ def run(args: argparse.Namespace) -> int:
     if train:
         print(f"start a run and watch it learn at {shown}/train", flush=True)
     torch.set_num_threads(args.threads)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Open event streams (/train) would hold a graceful shutdown forever: they get 2 s to end.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
     return 0

@@ -17,6 +17,9 @@ once by the caller; requests run concurrently in the thread pool.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,15 @@ from mnistlab.serve.train_jobs import Trainer
 STATIC = Path(__file__).with_name("static")
 
 
+@contextlib.asynccontextmanager
+async def stop_training(app: FastAPI) -> AsyncIterator[None]:
+    """At shutdown, the run the server trains stops at its next step and is recorded as interrupted."""
+    yield
+    trainer = getattr(app.state, "trainer", None)
+    if trainer is not None:
+        await asyncio.to_thread(trainer.shutdown)
+
+
 def create_app(loaded_model: LoadedModel | None, *, data_dir: str | Path | None = None,
                max_upload: int = MAX_UPLOAD, runs_dir: str | Path | None = None, train: bool = False) -> FastAPI:
     """The web app around a loaded model (`mnistlab.load(...)`) and/or the runs under `runs_dir`;
@@ -45,6 +57,7 @@ def create_app(loaded_model: LoadedModel | None, *, data_dir: str | Path | None 
     if train and runs_dir is None:
         raise ValueError("training from the web needs a runs directory to write into")
     app = FastAPI(
+        lifespan=stop_training,
         title="mnistlab",
         version=__version__,
         description="Classify handwritten digits with a model trained by mnistlab, and explore training runs.",

@@ -25,6 +25,8 @@ from mnistlab.files.outdir import held
 from mnistlab.training.live import LIVE_FILE, append_event
 
 ACTIVE = ("queued", "running")
+RESUMABLE = ("cancelled", "interrupted")
+STOPPED = (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT)  # exit codes of a stop
 MESSAGE_LINES = 20  # the end of the child's output kept for a failure's message
 
 
@@ -42,6 +44,8 @@ class Job:
     state: str = "queued"
     proc: subprocess.Popen | None = field(default=None, repr=False)
     cancelled: bool = False
+    stopping: bool = False  # the server is shutting down
+    waiter: threading.Thread | None = field(default=None, repr=False)
     returncode: int | None = None
     message: str = ""
     then: Job | None = field(default=None, repr=False)  # started when this one is done
@@ -75,15 +79,17 @@ def file_state(run_dir: Path, ask_lock: bool = True) -> dict[str, Any]:
     starts = [i for i, e in enumerate(events) if e.get("type") == "start"]
     since = events[starts[-1]:] if starts else events
     end = next((e for e in reversed(since) if e.get("type") == "end"), None)
+    epochs = [e for e in events if e.get("type") == "epoch"]
+    start = events[starts[-1]] if starts else {}
     if end is not None:
         state = str(end.get("state"))
     elif not ask_lock or held(run_dir):
         state = "running" if starts else "queued"
+    elif (run_dir / "model.safetensors").is_file() and epochs and epochs[-1].get("epoch") == start.get("epochs"):
+        state = "done"  # finished while no server watched it
     else:
         state = "interrupted"
     step = next((e for e in reversed(since) if e.get("type") == "step"), None)
-    epochs = [e for e in events if e.get("type") == "epoch"]
-    start = events[starts[-1]] if starts else {}
     return {"state": state, "end": end, "step": step, "metrics": epochs[-1] if epochs else None,
             "planned_epochs": start.get("epochs"), "started": bool(starts)}
 
@@ -140,7 +146,8 @@ class Trainer:
         job.run_dir.parent.mkdir(parents=True, exist_ok=True)
         job.proc = subprocess.Popen(job.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT)
-        threading.Thread(target=self.wait, args=(job,), name=f"train {job.id}", daemon=True).start()
+        job.waiter = threading.Thread(target=self.wait, args=(job,), name=f"train {job.id}", daemon=True)
+        job.waiter.start()
 
     def wait(self, job: Job) -> None:
         """Wait for `job`'s process; record how it ended in its live.jsonl; start the next of a pair."""
@@ -151,15 +158,15 @@ class Trainer:
             job.returncode = rc
             if rc == 0:
                 job.state = "done"
-            elif job.cancelled and rc in (128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM):
-                job.state = "cancelled"
+            elif (job.cancelled or job.stopping) and rc in STOPPED:
+                job.state = "cancelled" if job.cancelled else "interrupted"
             else:
                 job.state = "failed"
             job.message = lines[-1] if lines else ""
             if job.run_dir.is_dir():
                 append_event(job.run_dir / LIVE_FILE, {
                     "type": "end", "state": job.state, "returncode": rc, "message": job.message,
-                    "resume": self.resume_command(job.id) if job.state == "cancelled" else None, "time": time.time()})
+                    "resume": self.resume_command(job.id) if job.state in RESUMABLE else None, "time": time.time()})
             nxt = job.then
             if nxt is not None and nxt.state == "queued":
                 if job.state == "done":
@@ -180,9 +187,22 @@ class Trainer:
                 job.proc.send_signal(signal.SIGTERM)
             else:
                 job.state, job.message = "cancelled", "cancelled before it started"
-            if job.then is not None and job.then.proc is None:
-                job.then.cancelled = True
             return job
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """The server is stopping: its run stops at the next step (SIGTERM; its completed epochs are kept) and is
+        recorded as interrupted, with its resume command; a queued second run is not started."""
+        with self.lock:
+            job = self.active()
+            if job is None:
+                return
+            job.stopping = True
+            if job.then is not None:
+                job.then.state = "cancelled"
+            if job.proc is not None:
+                job.proc.send_signal(signal.SIGTERM)
+        if job.waiter is not None:
+            job.waiter.join(timeout)
 
     # ------------------------------------------------------------ state
     def resume_command(self, run_id: str) -> str:
@@ -206,7 +226,7 @@ class Trainer:
         out = {"id": run_id, "run_dir": str(Path(self.shown_root) / run_id), "state": state,
                "planned_epochs": seen["planned_epochs"], "metrics": seen["metrics"], "step": seen["step"],
                "message": message, "pair": pair,
-               "resume": self.resume_command(run_id) if state in ("cancelled", "interrupted") else None,
+               "resume": self.resume_command(run_id) if state in RESUMABLE else None,
                "links": links(run_id, (run_dir / "model.safetensors").is_file())}
         return out
 

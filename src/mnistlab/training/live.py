@@ -19,6 +19,7 @@ metrics rows with or without it (tested).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import time
@@ -60,6 +61,15 @@ def finite(value: Any) -> Any:
     return value
 
 
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's weights as they are now (at the start: two runs from the same start agree)."""
+    digest = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
@@ -97,7 +107,8 @@ class LiveObserver(Callback):
         self.emit({"type": "start", "epochs": self.cfg.epochs, "steps_per_epoch": self.steps,
                    "batch_size": self.batch, "every": self.every, "interval": self.interval,
                    "optimizer": self.cfg.optimizer, "preset": self.cfg.preset, "probe": len(labels),
-                   "conv": conv is not None, "digit": {"index": 0, "label": int(labels[0])},
+                   "conv": conv is not None, "initial_weights": fingerprint(self.model),
+                   "digit": {"index": 0, "label": int(labels[0])},
                    "panel": [{"index": i, "label": int(labels[i]), "pixels": base64.b64encode(
                        images[i].contiguous().numpy().tobytes()).decode()} for i in self.panel]})
         self.started = self.last_time = time.perf_counter()
