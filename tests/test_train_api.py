@@ -182,6 +182,7 @@ def test_cancel_then_resume_and_a_restarted_server(tmp_path, mnist_dir, referenc
         state = httpx.get(f"{url}/api/train/{rid}").json()
         assert state["state"] == "cancelled" and state["resume"].endswith(str(runs / rid))
         assert httpx.post(f"{url}/api/train/{rid}/cancel").status_code == 409
+        assert httpx.get(f"{url}/api/runs/{rid}").json()["status"] == "cancelled"  # the explorer says so too
     run_dir = runs / rid
     assert [r["epoch"] for r in read_metrics(run_dir)] == [1]  # epoch 2 was partial
     # `mnistlab train --resume` continues it, to the numbers of a run never cancelled
