@@ -219,3 +219,26 @@ def test_compare_with_sgd_trains_the_pair_from_the_same_start(tmp_path, mnist_di
         assert httpx.get(f"{url}/api/runs").json()["runs"][0]["kind"] == "compare"
     cfg = json.loads((runs / second / "config.json").read_text())
     assert cfg["opt_args"] == {"lr": 0.01, "momentum": 0.9} and cfg["seed"] == QUICK["seed"]
+
+
+def test_the_observer_changes_no_number_even_snapshotting_every_step(tmp_path, mnist_dir):
+    """pytorch-example has dropout (random numbers in every training step): snapshots at every step, in eval
+    mode with the generators forked, leave its metrics rows exactly as without them."""
+    from mnistlab.presets import resolve
+    from mnistlab.training.live import LIVE_FILE, LiveObserver
+    from mnistlab.training.run import train
+
+    common = dict(epochs=2, subset=160, test_subset=100, batch_size=32, seed=3, device="cpu", amp="off",
+                  data_dir=mnist_dir, quiet=True, tensorboard=False)
+    cfg = resolve("pytorch-example", **{k: v for k, v in common.items() if k not in ("data_dir", "quiet")})
+    watched = tmp_path / "watched"
+    observer = LiveObserver(lambda: watched, cfg, mnist_dir, every=1, interval=0.0)
+    train("pytorch-example", out=watched, callbacks=[observer], **common)
+    train("pytorch-example", out=tmp_path / "plain", **common)
+    assert rows(watched) == rows(tmp_path / "plain")
+    events = [e for _, e in read_events(watched / LIVE_FILE)]
+    kinds = [e["type"] for e in events]
+    assert kinds[:2] == ["start", "snapshot"] and kinds.count("step") == 10 and kinds.count("snapshot") >= 11
+    assert [e["epoch"] for e in events if e["type"] == "epoch"] == [1, 2]
+    assert len(events[0]["initial_weights"]) == 64
+    assert events[1]["maps"]["shape"] == [32, 26, 26] and events[1]["filters"]["shape"] == [32, 3, 3]
