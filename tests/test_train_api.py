@@ -47,8 +47,19 @@ def test_each_bad_field_is_a_422_naming_it(client, tmp_path, field, value):
 
 
 def test_a_body_that_is_not_an_object_is_a_422(client):
-    assert client.post("/api/train", content=b"[1, 2]").json()["detail"].startswith("body: ")
-    assert client.post("/api/train", content=b"{nope").json()["detail"] == "body: not valid JSON"
+    json_type = {"content-type": "application/json"}
+    assert client.post("/api/train", content=b"[1, 2]", headers=json_type).json()["detail"].startswith("body: ")
+    assert client.post("/api/train", content=b"{nope", headers=json_type).json()["detail"] == "body: not valid JSON"
+
+
+def test_another_site_cannot_start_or_cancel_a_run(client, tmp_path):
+    # a plain form post (no preflight) and a request from another origin are refused before anything starts
+    assert client.post("/api/train", content=json.dumps(QUICK), headers={"content-type": "text/plain"}).status_code \
+        == 415
+    evil = {"origin": "http://evil.example"}
+    assert client.post("/api/train", json=QUICK, headers=evil).status_code == 403
+    assert client.post("/api/train/x/cancel", headers=evil).status_code == 403
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_compare_needs_another_optimizer_than_sgd(client):

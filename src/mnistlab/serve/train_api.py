@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, StreamingResponse
@@ -131,6 +132,14 @@ def sgd_flags(flags: list[str]) -> list[str]:
     return out + ["--optimizer", "sgd", "--lr", str(sgd["lr"]), "--opt", f"momentum={sgd['momentum']}"]
 
 
+def same_site(request: Request) -> None:
+    """Refuse (403) a request another site's page makes the browser send: training spends the machine, and a
+    form or fetch from any page can reach a server on loopback. Browsers name the page's origin in `Origin`."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(403, f"requests from another site ({origin}) may not start or cancel runs")
+
+
 def sse(n: int | None, event: dict[str, Any]) -> bytes:
     head = f"id: {n}\n" if n is not None else ""
     return f"{head}data: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
@@ -163,6 +172,9 @@ def train_router(trainer: Trainer) -> APIRouter:
     async def start(request: Request) -> dict[str, Any]:
         """Start a run (with "compare": true, a pair: this one, then the same with SGD with momentum, from the
         same seed: the same initial weights and batch order). 409 while a run trains."""
+        same_site(request)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise HTTPException(415, "send the fields as JSON (content-type: application/json)")
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
@@ -236,9 +248,10 @@ def train_router(trainer: Trainer) -> APIRouter:
         return trainer.status(run_id, run_dir(run_id))
 
     @router.post("/api/train/{run_id:path}/cancel", tags=["train"], status_code=202)
-    def cancel(run_id: str) -> dict[str, Any]:
+    def cancel(run_id: str, request: Request) -> dict[str, Any]:
         """Stop the run at its next step (SIGTERM): its completed epochs are kept, `mnistlab train --resume`
         continues it. 409 when it is not training."""
+        same_site(request)
         path = run_dir(run_id)
         if trainer.cancel(run_id) is None:
             raise HTTPException(409, f"run {run_id!r} is not training ({trainer.status(run_id, path)['state']})")
