@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from mnistlab.files.runs import read_metrics
 from mnistlab.serve import create_app
 from mnistlab.serve.loadtest import running_server
-from mnistlab.serve.train_jobs import read_events
+from mnistlab.serve.train_jobs import read_events, tail
 
 TIMING = {"seconds", "eval_seconds", "images_per_s"}
 QUICK = {"preset": "notebook", "optimizer": "adam", "lr": 0.001, "batch_size": 32, "epochs": 2, "seed": 5,
@@ -98,6 +98,11 @@ def test_read_events_leaves_a_line_being_written(tmp_path):
     assert read_events(path) == [(1, {"type": "start"}), (3, {"type": "step", "global_step": 5})]
     assert read_events(path, 1) == [(3, {"type": "step", "global_step": 5})]
     assert read_events(tmp_path / "missing.jsonl") == []
+    events, offset, line = tail(path, 0, 0)  # a stream's reads: each byte once, the partial line left
+    assert [n for n, _ in events] == [1, 3] and (offset, line) == (len(path.read_bytes()) - len('{"type": "st'), 3)
+    with open(path, "a") as f:
+        f.write('ep", "epoch": 1}\n')
+    assert tail(path, offset, line)[0] == [(4, {"type": "step", "epoch": 1})]
 
 
 # ---------------------------------------------------------------- real runs

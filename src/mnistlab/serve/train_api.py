@@ -30,7 +30,7 @@ from mnistlab.errors import ConfigError
 from mnistlab.experiments.compare import OPTIMIZER_DEFAULTS
 from mnistlab.presets import PRESETS, resolve
 from mnistlab.serve.run_reader import NotFound, RunsRoot
-from mnistlab.serve.train_jobs import Busy, Trainer, read_events
+from mnistlab.serve.train_jobs import Busy, Trainer, tail
 from mnistlab.training.live import LIVE_FILE
 
 STATIC = Path(__file__).with_name("static")
@@ -218,12 +218,14 @@ def train_router(trainer: Trainer) -> APIRouter:
 
     async def stream(run_id: str, path: Path, last: int, request: Request) -> AsyncIterator[bytes]:
         yield b"retry: 1000\n\n"
+        offset, line = 0, 0  # each byte of the file is read once; the lines up to `last` are not sent
         quiet_since = time.monotonic()
         while True:
             alive = trainer.live(run_id)  # asked before reading, so no line written before the end is missed
-            new = await asyncio.to_thread(read_events, path / LIVE_FILE, last)
+            new, offset, line = await asyncio.to_thread(tail, path / LIVE_FILE, offset, line)
             for n, event in new:
-                last = n
+                if n <= last:
+                    continue
                 yield sse(n, event)
                 if event.get("type") == "end":
                     return

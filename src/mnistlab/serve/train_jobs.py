@@ -52,22 +52,30 @@ class Job:
     pair: list[str] = field(default_factory=list)  # the ids of a compare pair, in order
 
 
+def tail(path: Path, offset: int, line: int) -> tuple[list[tuple[int, dict[str, Any]]], int, int]:
+    """The whole lines of `path` from byte `offset` (where line `line` ended) as (line number, event), the offset
+    and line number after them: a stream reads each byte of a growing file once."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset, line
+    out = []
+    end = data.rfind(b"\n") + 1  # a last line without its newline is being written: left for later
+    for raw in data[:end].splitlines():
+        line += 1
+        try:
+            out.append((line, json.loads(raw)))
+        except ValueError:
+            continue
+    return out, offset + end, line
+
+
 def read_events(path: Path, start: int = 0) -> list[tuple[int, dict[str, Any]]]:
     """(line number from 1, event) for each whole line of `path` after line `start`; a last line without its
     newline (being written) and a line that is not JSON are left out."""
-    out = []
-    try:
-        with open(path, "rb") as f:
-            for n, line in enumerate(f, 1):
-                if n <= start or not line.endswith(b"\n"):
-                    continue
-                try:
-                    out.append((n, json.loads(line)))
-                except ValueError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return out
+    return [(n, e) for n, e in tail(path, 0, 0)[0] if n > start]
 
 
 def file_state(run_dir: Path, ask_lock: bool = True) -> dict[str, Any]:

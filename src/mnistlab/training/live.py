@@ -40,6 +40,9 @@ LIVE_FILE = "live.jsonl"
 PROBE = 200  # test images scored at each snapshot: one small fp32 forward pass
 PANEL_PER_CLASS = 2  # the panel: the first two test images of each class (20 digits)
 MAX_MAPS = 32  # feature maps of the chosen digit sent per snapshot
+# A snapshot is about 30 KB of JSON. Spacing them by at least the run's elapsed time / 30 keeps a long run's
+# file small (their count grows with the log of its length: about 150 in an hour) and the page as lively early.
+SNAPSHOTS_PER_SPAN = 30
 
 
 def append_event(path: Path, event: dict[str, Any]) -> None:
@@ -78,7 +81,8 @@ class LiveObserver(Callback):
     """Engine callback: the live events of a run, appended to `run_dir() / LIVE_FILE` (see the module).
 
     `every`: steps between step events (None: about 20 per epoch, 5 to 50 steps apart); `interval`: the
-    least seconds between snapshots, which bounds their cost (a snapshot is one forward pass of PROBE images).
+    least seconds between snapshots, which bounds their cost (a snapshot is one forward pass of PROBE images);
+    later in a run they are also spaced by its elapsed time / SNAPSHOTS_PER_SPAN.
     """
 
     def __init__(self, run_dir: Callable[[], Path], cfg: Config, data_dir: str | Path | None = None,
@@ -150,7 +154,7 @@ class LiveObserver(Callback):
                    "images_per_s": round(ips, 1), "progress": round(self.global_step / total, 4),
                    "eta_s": round(left, 1)})
         self.since, self.last_time = 0, now
-        if snapshot and now - self.last_snapshot >= self.interval:
+        if snapshot and now - self.last_snapshot >= max(self.interval, (now - self.started) / SNAPSHOTS_PER_SPAN):
             self.snapshot()
 
     def snapshot(self) -> None:
