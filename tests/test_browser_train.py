@@ -9,6 +9,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 from test_browser import ARTIFACTS, browser  # noqa: F401 - browser is a fixture
+from test_browser_runs import open_page
 
 from mnistlab.serve.loadtest import running_server
 
@@ -23,12 +24,7 @@ def server(mnist_dir, tmp_path_factory):
 
 
 def open_train(browser, server, path="/train"):  # noqa: F811 - the fixture's value
-    page = browser.new_context(viewport={"width": 1300, "height": 1000}).new_page()
-    page.problems = []  # JS errors and requests leaving the server: the page must work offline
-    page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
-    page.on("request", lambda r: r.url.startswith(server) or page.problems.append(f"external: {r.url}"))
-    page.goto(server + path)
-    return page
+    return open_page(browser, server, path)
 
 
 def fill(page, **values) -> None:
