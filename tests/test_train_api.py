@@ -92,6 +92,11 @@ def test_the_serve_cli_offers_train_on_loopback_only_unless_allowed(cli, tmp_pat
     assert not train_offered("127.0.0.1", None, False)
 
 
+def test_live_watches_one_run(cli, tmp_path):
+    code, _, err = cli("train", "--ensemble", "2", "--live", "--out", str(tmp_path / "e"))
+    assert code == 2 and "--live watches one run" in err and not (tmp_path / "e").exists()
+
+
 def test_read_events_leaves_a_line_being_written(tmp_path):
     path = tmp_path / "live.jsonl"
     path.write_text('{"type": "start"}\nnot json\n{"type": "step", "global_step": 5}\n{"type": "st')

@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             over.update(lr=lr, description=f"{resolve(args.preset, **over).description} {note}".strip())
     if args.ensemble:
+        if args.live:
+            raise ConfigError("--live watches one run; it cannot be combined with --ensemble")
         if args.resume:
             raise ConfigError("--ensemble and --resume cannot be combined; resume each member's run directory")
         from mnistlab.inference.ensemble import train_ensemble
