@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="M", help="model file or run directory (default: the latest run in runs/, "
                                                 "unless --runs is given)")
     p.add_argument("--runs", metavar="DIR", help="explore the run directories under DIR (read-only)")
+    p.add_argument("--allow-train", action="store_true",
+                   help="offer /train (start runs from the browser) on another address than loopback; on loopback "
+                        "it is on with --runs. Training from the web spends this machine")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=8000, help="TCP port (default 8000)")
     p.add_argument("--threads", type=positive_int, default=1,
@@ -63,6 +66,12 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def train_offered(host: str, runs: str | None, allow_train: bool) -> bool:
+    """Whether /train (runs started from the browser, which spend this machine) is offered: with a runs
+    directory to write into, on loopback, or anywhere with --allow-train."""
+    return runs is not None and (is_loopback(host) or allow_train)
+
+
 def load(model: str | Path | None, trust_pickle: bool = False):
     """The LoadedModel for --model (default: the latest run)."""
     from mnistlab.inference.predict import load_model
@@ -82,9 +91,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.runs is not None and not Path(args.runs).is_dir():
         raise ConfigError(f"--runs {args.runs}: not a directory")
+    if args.allow_train and args.runs is None:
+        raise ConfigError("--allow-train needs --runs DIR: the runs started from the browser are written there")
+    train = train_offered(args.host, args.runs, args.allow_train)
     loaded = load(args.model, args.trust_pickle) if args.model is not None or args.runs is None else None
     check_listen(args.host, args.port)
-    app = create_app(loaded, data_dir=args.data_dir, runs_dir=args.runs)
+    app = create_app(loaded, data_dir=args.data_dir, runs_dir=args.runs, train=train)
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}: other machines can reach this server", flush=True)
     shown = f"http://[{args.host}]:{args.port}" if ":" in args.host else f"http://{args.host}:{args.port}"
@@ -92,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"serving {loaded.name} from {loaded.path} at {shown}/  (Ctrl+C stops)", flush=True)
     if args.runs is not None:
         print(f"exploring the runs under {args.runs} at {shown}/runs  (Ctrl+C stops)", flush=True)
+    if train:
+        print(f"start a run and watch it learn at {shown}/train", flush=True)
     torch.set_num_threads(args.threads)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Open event streams (/train) would hold a graceful shutdown forever: they get 2 s to end.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
     return 0

@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace what --out holds, once the new run's first epoch is saved (until then it is kept)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--live", action="store_true",
+                   help="append what the network is doing (loss, filters, predictions) to RUN_DIR/live.jsonl as it "
+                        "trains, for the page that watches it (mnistlab serve --runs); it changes no number")
     p.add_argument("--ensemble", type=positive_int, metavar="K",
                    help="train K models (seeds seed..seed+K-1) and average their predictions")
     p.add_argument("--config", metavar="FILE",
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             over.update(lr=lr, description=f"{resolve(args.preset, **over).description} {note}".strip())
     if args.ensemble:
+        if args.live:
+            raise ConfigError("--live watches one run; it cannot be combined with --ensemble")
         if args.resume:
             raise ConfigError("--ensemble and --resume cannot be combined; resume each member's run directory")
         from mnistlab.inference.ensemble import train_ensemble
@@ -68,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                   f"run: {ens.run_dir}")
         return 0
     result = train(args.preset, out=args.out, resume=args.resume, overwrite=args.overwrite, data_dir=args.data_dir,
-                   quiet=args.quiet, config=config, **({} if config else over))
+                   quiet=args.quiet, config=config, live=args.live, **({} if config else over))
     if result.run_dir is not None and not args.quiet and result.history:
         which = f" (epoch {result.model_epoch}'s weights)" if result.best_epoch else ""
         print(f"test accuracy {result.test_acc:.2f}%{which}  run: {result.run_dir}")

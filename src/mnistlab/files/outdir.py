@@ -279,6 +279,25 @@ def _lock(path: Path) -> int:
     return fd
 
 
+def held(path: str | Path) -> bool:
+    """Whether a process holds `path`'s lock now (is writing into it). Asked with a shared lock taken and
+    dropped at once, so it never creates a lock file; a writer claiming the directory in that instant is
+    refused as if it were in use."""
+    try:
+        fd = os.open(Path(path) / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the shared lock, when taken
+    return False
+
+
 def _exchange(a: Path, b: Path) -> None:
     """Swap the directories `a` and `b` with three renames, `b` set aside in a hidden sibling first: a process
     killed between them leaves `b`'s contents whole in `.<b>.old-*` (Python has no renameat2's exchange)."""

@@ -46,7 +46,7 @@ class RunSummary(BaseModel):
     id: str = Field(description="the run directory's path relative to the served root")
     name: str
     kind: str = Field(description="train, sweep, compare, ensemble, tune or lab")
-    status: str = Field(description="done, training, interrupted, reused or corrupt")
+    status: str = Field(description="done, training, interrupted, cancelled (from /train), reused or corrupt")
     problems: list[str] = Field(description="what could not be read, one line each")
     preset: str | None
     model: str | None

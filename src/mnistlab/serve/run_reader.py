@@ -144,6 +144,8 @@ class RunsRoot:
             status = "reused"
         elif model is not None and (planned is None or done >= planned):
             status = "done"
+        elif self.cancelled(run, updated):
+            status = "cancelled"
         elif time.time() - updated < max(LIVE_SECONDS, 3 * _epoch_seconds(rows)):
             status = "training"
         else:
@@ -163,6 +165,21 @@ class RunsRoot:
                              + sum(_number(r.get("eval_seconds")) or 0.0 for r in rows), 2),
             "updated": updated, "has_model": model is not None,
         }
+
+    def cancelled(self, run: Path, updated: float) -> bool:
+        """Whether the run's live.jsonl (a run watched from /train) ends with its cancellation, and nothing
+        changed the run since (`updated`: a resumed run rewrites its metrics)."""
+        path = self.file(run, "live.jsonl")
+        if path is None or _mtime(path) < updated:
+            return False
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                last = f.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+            event = json.loads(last)
+            return isinstance(event, dict) and event.get("type") == "end" and event.get("state") == "cancelled"
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def detail(self, run: Path) -> dict[str, Any]:
         """The summary, the config, the environment and every epoch's metrics, plus the files present."""

@@ -32,6 +32,7 @@ from mnistlab.training.augment import RandomAffine
 from mnistlab.training.callbacks import EarlyStopping, RunWriter, SignalStop, WeightAverage, run_bytes, set_rng_state
 from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, describe_precision, pick_device
 from mnistlab.training.engine import Callback, EpochMetrics, FitPlan, StepOptions, fit
+from mnistlab.training.live import LiveObserver
 from mnistlab.training.optim import make_optimizer, make_scheduler
 from mnistlab.training.progress import Progress
 
@@ -127,6 +128,7 @@ def train(
     config: Config | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
     callbacks: Sequence[Callback] = (),
+    live: bool = False,
     **overrides: Any,
 ) -> TrainResult:
     """Train a preset (with overrides such as epochs=8, lr=2e-3, optimizer="sgd") and return the result.
@@ -134,7 +136,8 @@ def train(
     `resume=RUN_DIR` continues that run from its last completed epoch with its recorded config; of the
     overrides only `epochs` (more of them) and `device` may change it (`resumed_config`). `config` gives a
     ready Config instead of the preset, the overrides applied to it; `init_state` starts from given initial
-    weights (compare uses it to give every optimizer the same start).
+    weights (compare uses it to give every optimizer the same start). `live` appends what the network is
+    doing to the run directory's live.jsonl as it trains (`training.live`; it changes no number of the run).
 
     The run directory is locked while this trains (`files.outdir.claim_dir`): a directory holding anything
     is refused unless `overwrite` (replaced once the new run's first checkpoint is durable), and so is a disk
@@ -154,7 +157,7 @@ def train(
     prep = prepare(cfg, env, resume, data_dir, init_state)
     net = wrap(prep, cfg, env)
     run_dir = claim.work if claim is not None else None
-    cbs = [*run_callbacks(prep, cfg, env, run_dir, quiet, callbacks, claim=claim),
+    cbs = [*run_callbacks(prep, cfg, env, run_dir, quiet, callbacks, claim=claim, live=live, data_dir=data_dir),
            stop]  # last: a completed epoch is saved before a stop is raised
     stopped = prep.stopper is not None and prep.stopper.stopped_epoch is not None
     if resume is not None and env.is_main and not quiet:
@@ -317,10 +320,12 @@ def wrap(prep: Prepared, cfg: Config, env: distributed.DistEnv) -> nn.Module:
 
 
 def run_callbacks(prep: Prepared, cfg: Config, env: distributed.DistEnv, run_dir: Path | None, quiet: bool,
-                  extra: Sequence[Callback] = (), claim: Claim | None = None) -> list[Callback]:
+                  extra: Sequence[Callback] = (), claim: Claim | None = None, live: bool = False,
+                  data_dir: str | Path | None = None) -> list[Callback]:
     """Phase 3: the engine callbacks, in the order they run: progress, per-rank seeding, weight averaging,
     the caller's, early stopping, the run directory's writer (`run_dir`: only the main rank writes; `claim`:
-    its lock, and what it replaces), then TensorBoard."""
+    its lock, and what it replaces), then TensorBoard, then (`live`) the live observer, so that an epoch's
+    event follows its checkpoint."""
     cbs: list[Callback] = []
     if env.is_main and not quiet:
         print(describe_precision(cfg.amp, prep.amp, prep.device), flush=True)
@@ -345,6 +350,8 @@ def run_callbacks(prep: Prepared, cfg: Config, env: distributed.DistEnv, run_dir
         board = tensorboard.open_logger(lambda: writer.run_dir, cfg, precision or "fp32", prep.history)
         if board is not None:  # after RunWriter: no event is logged for an epoch its checkpoint lacks
             cbs.append(board)
+        if live:
+            cbs.append(LiveObserver(lambda: writer.run_dir, cfg, data_dir))
     return cbs
 
 
