@@ -27,8 +27,8 @@ system-deps:
 test: $(BIN)/.installed system-deps
 	$(BIN)/python -m pytest -q --durations=15
 
-# test-fast: one pytest-xdist worker per core, each process one torch thread (measured on 2 cores: 167 s, against
-# 264 s with torch's default threads oversubscribing them)
+# test-fast: one pytest-xdist worker per core, each process one torch thread (torch's default threads in every
+# worker oversubscribe the cores: BENCHMARKS.md, "The test suite")
 test-fast: $(BIN)/.installed
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n auto --durations=15
 
