@@ -132,6 +132,27 @@ def test_a_rubric_and_bad_rubrics(cli, klass, tmp_path):
     assert code == 2 and err.startswith("error: --rubric")
 
 
+def test_one_writer_of_a_class_s_grades(cli, klass, tmp_path):
+    """A folder of grades another process is writing is refused in one line naming it; shards take no lock."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "grades"
+    holder = ("import sys, time\nfrom mnistlab.files.outdir import claim_dir\n"
+              "claim_dir(sys.argv[1], 'grades', kind='grades')\nprint('holding', flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        code, _, err = cli("grade", str(klass), "--out", str(out))
+        assert code == 2 and f"is in use by process {proc.pid}" in err and len(err.strip().splitlines()) == 1
+        code, _, err = cli("grade", "--out", str(out))  # the merge too
+        assert code == 2 and f"process {proc.pid}" in err
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (out / "grades.csv").exists()
+
+
 def test_shards_merge_into_the_whole_class(cli, klass, tmp_path):
     whole, sharded = tmp_path / "whole", tmp_path / "sharded"
     without_weights(klass)  # the merge is about the records, not the scores

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mnistlab.errors import ConfigError, MnistlabError
+from mnistlab.files.outdir import claim_dir, scoped
 
 SHARDS = "shards"
 ANSWERS_MIN = 80  # characters of answer text before identical answers count as a duplicate: "32" and "5" coincide
@@ -346,10 +347,20 @@ def propose(record: dict[str, Any], rubric: dict[str, float]) -> dict[str, float
     return {q: table[r["status"]](q) if r["status"] in table else None for q, r in report["questions"].items()}
 
 
+def hold(out: str | Path) -> None:
+    """Take `out` for this process until the calling `scoped` function returns: one writer of a class's grades
+    at a time (a second is refused, naming the first). What `out` already holds stays: its grades are made
+    again from its shards. Shards themselves take no lock: an array job's tasks write their own files."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    claim_dir(out, "grades", kind="grades", resume=True)
+
+
+@scoped
 def merge(out: str | Path, rubric_path: str | Path | None = None) -> dict[str, Any]:
     """The class from every shard in `out`: grades.csv, grades.json, feedback/<student>.html, class.html."""
     from mnistlab.grading.reports import write_class
 
+    hold(out)
     records = read_shards(out)
     rubric = read_rubric(rubric_path)
     for r in records:
@@ -357,11 +368,14 @@ def merge(out: str | Path, rubric_path: str | Path | None = None) -> dict[str, A
     return write_class(Path(out), records, duplicates(records), rubric)
 
 
+@scoped
 def grade_class(submissions: str | Path, out: str | Path, jobs: int = 1, rubric: str | Path | None = None,
                 data_dir: str | Path | None = None, progress: Callable[[dict[str, Any]], None] | None = None,
                 run: Any = None) -> dict[str, Any]:
-    """The whole class in one go: its one shard, then the merge. Earlier shards in `out` are replaced."""
+    """The whole class in one go: its one shard, then the merge. Earlier shards in `out` are replaced; `out`
+    is held by this process throughout (`hold`)."""
     read_rubric(rubric)  # a bad rubric stops before any grading
+    hold(out)
     for old in (Path(out) / SHARDS).glob("*-of-*.json"):
         old.unlink()
     grade_shard(submissions, out, (1, 1), jobs, data_dir, progress, run)
