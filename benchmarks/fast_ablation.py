@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.models import register
+from mnistlab.training.process import prepare_cpu_process
 from mnistlab.training.run import train
 
 
@@ -72,4 +73,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    prepare_cpu_process()  # the process `mnistlab train` trains in (it may restart once)
     main()

@@ -32,6 +32,7 @@ from mnistlab.presets import resolve
 from mnistlab.training.device import cpu_supports_bf16, cpu_training_mode
 from mnistlab.training.engine import StepOptions, train_epoch
 from mnistlab.training.optim import make_optimizer
+from mnistlab.training.process import prepare_cpu_process
 from mnistlab.training.run import build, load_data
 
 CPU = torch.device("cpu")
@@ -121,4 +122,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    prepare_cpu_process()  # the process `mnistlab train` trains in (it may restart once)
     main()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,18 +26,38 @@ def mnist_dir() -> Path:
 
 
 # --- models ----------------------------------------------------------------------------------------------------
+def built_once(tmp_path_factory, worker_id: str, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder `build(folder)` fills once per test session, shared read-only by every pytest-xdist worker:
+    the first worker to ask builds it under a lock while the others wait, then all reuse it."""
+    if worker_id == "master":  # not under xdist
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    folder = tmp_path_factory.getbasetemp().parent / name  # the session's folder, above each worker's own
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that died building it
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def trained_run(mnist_dir, tmp_path_factory) -> Path:
+def trained_run(mnist_dir, tmp_path_factory, worker_id) -> Path:
     """The run directory of a notebook-preset model trained for 1 epoch on --subset 10000 with seed 0 on the
     CPU in fp32 (about 93.5% test accuracy; the same weights whether or not the CPU has native bf16), in a tmp
-    dir. It is scored on all 10,000 test images (no test_subset): its metrics rows, model metadata and what
-    `evaluate` prints for it are full-test-set figures. Treat it as read-only (write evaluations elsewhere)."""
+    dir, trained once for all workers. It is scored on all 10,000 test images (no test_subset): its metrics
+    rows, model metadata and what `evaluate` prints for it are full-test-set figures. Treat it as read-only
+    (write evaluations elsewhere)."""
     from mnistlab.training.run import train
 
-    out = tmp_path_factory.mktemp("trained") / "run"
-    train("notebook", epochs=1, subset=10000, seed=0, device="cpu", amp="off", data_dir=mnist_dir, quiet=True,
-          out=out)
-    return out
+    def build(folder: Path) -> None:
+        train("notebook", epochs=1, subset=10000, seed=0, device="cpu", amp="off", data_dir=mnist_dir,
+              quiet=True, out=folder / "run")
+
+    return built_once(tmp_path_factory, worker_id, "trained", build) / "run"
 
 
 @pytest.fixture(scope="session")

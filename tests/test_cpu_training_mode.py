@@ -1,17 +1,26 @@
-"""The CPU training mode: glibc keeping freed blocks (no page faults per step) and flush-to-zero on every
-thread of torch's pool, entered by a training run and restored after it."""
+"""The CPU settings training runs with: for a whole process from its start (`process.prepare_cpu_process`:
+glibc keeping freed memory, flush-to-zero on every thread of torch's pool), and for a training run on the
+calling thread (`device.cpu_training_mode`, restored after it)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
-# Run in a fresh process: how many minor page faults allocating and freeing a 48 MiB block costs, per step.
-FAULTS_PER_STEP = """
-import json, resource, torch
+from mnistlab.training.process import KEEP_FREED_MEMORY, allocator_environment, without_kept_memory
+
+# Run in a fresh process, after PREPARE: the minor page faults that allocating and freeing a 48 MiB block
+# costs per step (above 32 MiB glibc always maps a new block by default); how many of 4,000,000 denormals
+# survive a product split over the pool's two threads; the calling thread's mode before, inside and after a
+# training block with one nested in it (the floor measured between epochs), and what env.json would record.
+PROBES = """
+import json, os, resource, torch
+from mnistlab.training.device import cpu_settings, cpu_training_mode, flushes_denormals
 
 def faults_per_step(steps=10):
     out = []
@@ -21,72 +30,78 @@ def faults_per_step(steps=10):
         del block
         out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
     return out
-"""
 
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
-def test_keep_freed_memory_stops_the_per_step_page_faults():
-    """A large block freed and allocated again every step costs fresh zero-filled pages every time by default
-    (above 32 MiB glibc always maps a new block; below, whether it does depends on the heap's layout, which is
-    how the notebook's 11 MB gradient met it) and none in the steady state once the engine has told glibc to
-    keep freed memory, as fit() does on the CPU (after the heap has grown to a few blocks: memalign'd blocks
-    do not always fit the hole the last one left)."""
-    code = FAULTS_PER_STEP + """
-from mnistlab.training.device import keep_freed_memory, release_freed_memory
-
-faults_per_step(2)
-before = faults_per_step()
-keep_freed_memory()
-after = faults_per_step(20)
-release_freed_memory()
-print(json.dumps([before, after, faults_per_step()]))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    before, after, released = json.loads(out)
-    assert min(before) > 10_000, before  # 12,288 pages of 4 KiB
-    assert max(after[-5:]) < 50, after
-    # Released: the kept pages went back to the kernel, so the first block after it faults them in afresh. (Later
-    # steps may reuse that block resident, as glibc does by default with a free chunk left mid-heap: it takes a
-    # fitting free chunk before its mmap threshold applies, and trims only the heap's top.)
-    assert released[0] > 10_000, released
-
-
-def test_training_flushes_denormals_on_every_thread_and_restores_the_mode():
-    """Inside a CPU training run every thread of torch's pool flushes denormals to zero (Adam's decaying
-    averages would otherwise slow the notebook's late epochs 2.3x); before and after, the caller's mode."""
-    code = """
-import json, torch
-from mnistlab.training.device import cpu_training_mode
 torch.set_num_threads(2)
-x = torch.full((4_000_000,), 1e-39)  # large enough to be split over the pool's threads
-kept = lambda: int(((x * 1.0) != 0).sum())
-before = kept()
-with cpu_training_mode(torch.device("cpu")):
-    during = kept()
-print(json.dumps([before, during, kept()]))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == [4_000_000, 0, 4_000_000]
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
-def test_a_training_mode_inside_a_run_leaves_the_runs_setting_alone():
-    """The floor is measured between epochs under its own cpu_training_mode: leaving it must not give the
-    allocator its defaults back mid-run (every later step would fault its large blocks in afresh, the step
-    slower from then on) nor turn flushing off; the outermost block restores both."""
-    code = FAULTS_PER_STEP + """
-from mnistlab.training.device import cpu_training_mode, flushes_denormals
-
+x = torch.full((4_000_000,), 1e-39)
 cpu = torch.device("cpu")
+faults_per_step(2)
+out = {"faults": faults_per_step(20), "survivors": int(((x * 1.0) != 0).sum()), "modes": [flushes_denormals()]}
 with cpu_training_mode(cpu):
-    faults_per_step(20)
     with cpu_training_mode(cpu):
         pass
-    inside = faults_per_step(), flushes_denormals()
-after = faults_per_step(), flushes_denormals()
-print(json.dumps([inside, after]))
+    out["modes"].append(flushes_denormals())
+    out["recorded"] = cpu_settings(cpu)
+out["modes"].append(flushes_denormals())
+print(json.dumps({**out, "starts": starts}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    (inside, flushing), (after, flushing_after) = json.loads(out)
-    assert max(inside) < 50 and flushing, inside
-    assert after[0] > 10_000 and not flushing_after, after
+PREPARE = """
+import os
+starts = int(os.environ.get("STARTS", "0")) + 1
+os.environ["STARTS"] = str(starts)  # a restart inherits it
+"""
+
+glibc = pytest.mark.skipif(allocator_environment({}) is None, reason="glibc's allocator")
+
+
+def run_python(code: str, **env_changes: str | None) -> Any:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update({k: v for k, v in env_changes.items() if v is not None})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout)
+
+
+@glibc
+def test_a_plain_process_trains_with_the_callers_mode_for_the_run_only():
+    """Started plainly (as `python`, importing mnistlab), a process faults a freed-and-reallocated 48 MiB block
+    in afresh every step and flushes denormals on no thread; a training run sets the caller's flush-to-zero
+    for its duration (so a saved model scores as it did in training), a block inside it leaves the run's mode
+    alone, and the caller gets its own mode back; env.json would say the pool's threads were not reached."""
+    out = run_python(PREPARE + PROBES)
+    assert min(out["faults"]) > 10_000, out["faults"]  # 12,288 pages of 4 KiB
+    assert out["survivors"] == 4_000_000 and out["modes"] == [False, True, False]
+    assert out["recorded"] == {"flush_denormal": "calling thread", "glibc_tunables": None}
+
+
+@glibc
+def test_a_prepared_process_keeps_freed_memory_and_flushes_on_every_thread():
+    """Prepared as the `mnistlab` command prepares itself, the process restarts once with the allocator setting
+    (the same command line: the code runs again) and then keeps the block resident, and every thread of the
+    pool flushes, before, inside and after a training block; env.json records both."""
+    out = run_python(PREPARE + "from mnistlab.training.process import prepare_cpu_process\nprepare_cpu_process()\n"
+                     + PROBES)
+    assert max(out["faults"][-5:]) < 50, out["faults"]
+    assert out["survivors"] == 0 and out["modes"] == [True, True, True] and out["starts"] == 2
+    assert out["recorded"] == {"flush_denormal": "every thread", "glibc_tunables": KEEP_FREED_MEMORY}
+
+
+@glibc
+def test_a_users_own_malloc_tunables_win_and_no_restart_happens():
+    out = run_python("""
+import json, os
+starts = int(os.environ.get("STARTS", "0")) + 1
+os.environ["STARTS"] = str(starts)
+from mnistlab.training.process import prepare_cpu_process
+prepare_cpu_process()
+print(json.dumps([os.environ["GLIBC_TUNABLES"], starts]))
+""", GLIBC_TUNABLES="glibc.malloc.arena_max=2")
+    assert out == ["glibc.malloc.arena_max=2", 1]
+
+
+@glibc
+def test_the_allocator_environment_adds_to_other_tunables_and_comes_off_again():
+    """The bench's reference contender runs without the setting the command added: as a plain `python`."""
+    env = allocator_environment({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=2048"})
+    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": f"glibc.rtld.optional_static_tls=2048:{KEEP_FREED_MEMORY}"}
+    assert allocator_environment(env) is None  # already set: no second restart
+    assert without_kept_memory(env) == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.rtld.optional_static_tls=2048"}
+    assert without_kept_memory(allocator_environment({"PATH": "/bin"})) == {"PATH": "/bin"}

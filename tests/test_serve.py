@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -237,21 +235,17 @@ def test_load_on_loopback_has_no_errors(trained_run, tmp_path):
     assert json.loads((tmp_path / "serve.json").read_text())["requests"] == result["requests"]
 
 
-def mnistlab(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True,
-                          timeout=120, **kw)
-
-
-def test_cli_errors_are_one_line(trained_run, tmp_path):
-    r = mnistlab("serve", cwd=tmp_path)  # no runs/ here
-    assert r.returncode == 2 and "no trained model found" in r.stderr and "Traceback" not in r.stderr
-    r = mnistlab("serve", "--model", str(tmp_path / "missing.safetensors"))
-    assert r.returncode == 2 and "not found" in r.stderr
-    r = mnistlab("serve", "--model", str(trained_run), "--port", "70000")
-    assert r.returncode == 2 and "port number" in r.stderr
+def test_cli_errors_are_one_line(cli, trained_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    code, _, err = cli("serve")
+    assert code == 2 and "no trained model found" in err and err.count("\n") == 1
+    code, _, err = cli("serve", "--model", str(tmp_path / "missing.safetensors"))
+    assert code == 2 and "not found" in err and err.count("\n") == 1
+    code, _, err = cli("serve", "--model", str(trained_run), "--port", "70000")
+    assert code == 2 and "port number" in err and err.count("\n") == 1
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = mnistlab("serve", "--model", str(trained_run), "--port", str(port))
-    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
+        code, _, err = cli("serve", "--model", str(trained_run), "--port", str(port))
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from mnistlab.files.checkpoints import load_checkpoint
 from mnistlab.files.runs import environment
 from mnistlab.presets import resolve
 from mnistlab.training import device as engine  # devices and precision
+from mnistlab.training.process import KEEP_FREED_MEMORY, allocator_environment
 from mnistlab.training.run import train
 
 
@@ -24,8 +26,9 @@ def mnistlab(*args, **kw):
 @pytest.mark.slow
 def test_notebook_smoke_run_on_real_mnist(mnist_dir, tmp_path):
     out = tmp_path / "run"
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     r = mnistlab("train", "--preset", "notebook", "--epochs", "1", "--subset", "10000", "--amp", "off",
-                 "--data-dir", str(mnist_dir), "--out", str(out))  # fp32: the same accuracy on every machine
+                 "--data-dir", str(mnist_dir), "--out", str(out), env=plain)  # fp32: the same accuracy everywhere
     assert r.returncode == 0, r.stderr
     assert "epoch 1/1" in r.stdout
     assert r.stdout.count("precision: training in fp32, evaluation in fp32 (--amp off on ") == 1
@@ -38,6 +41,9 @@ def test_notebook_smoke_run_on_real_mnist(mnist_dir, tmp_path):
     env = json.loads((out / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["world_size"] == 1
     assert env["amp_dtype"] is None and env["cpu_native_bf16"] == engine.cpu_supports_bf16()
+    if allocator_environment(plain) is not None:  # glibc: the command restarted itself with the setting
+        assert env["glibc_tunables"] == KEEP_FREED_MEMORY
+    assert env["flush_denormal"] == "every thread"  # set before torch started its thread pool
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         meta = f.metadata()
     assert json.loads(meta["model"]) == "notebook" and json.loads(meta["preset"]) == "notebook"

@@ -1,3 +1,3 @@
-from mnistlab.cli import main
+from mnistlab.cli import run
 
-raise SystemExit(main())
+run()

@@ -37,9 +37,16 @@ from mnistlab.files.checkpoints import model_metadata, save_safetensors
 from mnistlab.files.runs import atomic_write, cpu_model, write_json
 from mnistlab.models import unwrap
 from mnistlab.presets import Config, resolve
-from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, pick_device
+from mnistlab.training.device import (
+    amp_dtype,
+    amp_name,
+    cpu_supports_bf16,
+    flush_denormals_everywhere,
+    pick_device,
+)
 from mnistlab.training.engine import Callback
 from mnistlab.training.optim import make_optimizer
+from mnistlab.training.process import without_kept_memory
 from mnistlab.training.run import train
 
 CONTENDERS = ("reference", "mnistlab")
@@ -117,6 +124,7 @@ def _contender(name: str, opts: BenchOptions, conn) -> None:
     """Child process: set up `name`, then answer "epoch" / "finish" requests over `conn`."""
     try:
         if name == "mnistlab":
+            flush_denormals_everywhere()  # as `mnistlab train` trains (the reference, as its notebook does)
             stats = _mnistlab(opts, conn)
         else:
             c = ReferencePipeline(pick_device(opts.device), opts.data_dir, opts.subset, opts.test_subset)
@@ -135,6 +143,8 @@ def _contender(name: str, opts: BenchOptions, conn) -> None:
 def _fast_seeds(opts: BenchOptions, conn) -> None:
     """Child process: train the `fast` preset once per seed; report accuracies and training seconds."""
     try:
+        flush_denormals_everywhere()
+
         def train_seed(seed: int, subset: int | None):
             return train("fast", seed=seed, subset=subset, test_subset=opts.test_subset, device=opts.device,
                          data_dir=opts.data_dir, quiet=True, write_run=False)
@@ -167,18 +177,28 @@ def _recv(conn, proc) -> tuple[str, Any]:
     return kind, value
 
 
-def _spawn(target, *args):
+def _spawn(target, *args, plain: bool = False):
+    """Start `target(*args, conn)` in a fresh process; `plain`: with the environment a plain `python` would
+    have, without the allocator setting the `mnistlab` command starts with (the lab notebook's pipeline)."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=target, args=(*args, child), daemon=False)
-    proc.start()
+    environ = dict(os.environ)
+    if plain:  # a spawned process inherits this one's environment at start()
+        os.environ.clear()
+        os.environ.update(without_kept_memory(environ))
+    try:
+        proc.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     child.close()
     return proc, parent
 
 
 def race_contenders(opts: BenchOptions, log=print) -> dict[str, Any]:
     """reference vs mnistlab, epochs interleaved; per contender seconds_per_epoch, images_per_s, ..."""
-    procs = {name: _spawn(_contender, name, opts) for name in CONTENDERS}
+    procs = {name: _spawn(_contender, name, opts, plain=name == "reference") for name in CONTENDERS}
     try:
         n = {name: _recv(conn, proc)[1] for name, (proc, conn) in procs.items()}
         seconds: dict[str, list[float]] = {name: [] for name in CONTENDERS}

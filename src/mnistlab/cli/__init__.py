@@ -60,7 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run() -> None:
+    """The `mnistlab` program (its console script and `python -m mnistlab`): the CPU settings a process that
+    trains wants from its start (`prepare_cpu_process`, which may restart it once), then `main`."""
+    from mnistlab.training.process import prepare_cpu_process
+
+    prepare_cpu_process()
+    raise SystemExit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command line (`sys.argv` when None) in this process as it is; return the exit code."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the subcommand

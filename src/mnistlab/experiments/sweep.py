@@ -26,6 +26,7 @@ from mnistlab.files.runs import atomic_write, read_metrics, write_json
 from mnistlab.presets import Config, read_run_config, resolve
 from mnistlab.stats import Difference, best_epoch
 from mnistlab.tables import csv_text, pct
+from mnistlab.training.device import flush_denormals_everywhere
 from mnistlab.training.distributed import usable_cpus
 
 # ---------------------------------------------------------------- sweep (Exercise 2)
@@ -139,6 +140,7 @@ def plan(base: Config, lrs: Sequence[float], epochs: Sequence[int], batch_sizes:
 
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
+    flush_denormals_everywhere()
 
 
 def run_job(job: Job, data_dir: str | Path | None, quiet: bool) -> tuple[list[dict[str, Any]], float]:

@@ -45,6 +45,7 @@ from mnistlab.experiments.study import (
 from mnistlab.experiments.trial import config_json, held_out, run_trial
 from mnistlab.files.checkpoints import load_checkpoint
 from mnistlab.tables import pct
+from mnistlab.training.device import flush_denormals_everywhere
 from mnistlab.training.distributed import usable_cpus
 
 
@@ -205,6 +206,7 @@ def run_workers(s: Settings, jobs: int) -> list[str]:
 
 def _worker_main(s: Settings, threads: int) -> None:
     torch.set_num_threads(threads)
+    flush_denormals_everywhere()
     try:
         work(s)
     except MnistlabError as e:

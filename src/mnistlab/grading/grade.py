@@ -217,8 +217,10 @@ def _init_worker(data_dir: str | None, threads: int, run: Any) -> None:
     import torch
 
     from mnistlab.grading.weights import TestSet
+    from mnistlab.training.device import flush_denormals_everywhere
 
     torch.set_num_threads(threads)
+    flush_denormals_everywhere()
     _TEST_SET = TestSet.load(data_dir)
     _RUN = run
 

@@ -1,89 +1,37 @@
 """Where and in what precision training runs: the device, the autocast dtype, and on the CPU the
-floating-point mode and allocator setting a training run uses (and restores afterwards)."""
+floating-point mode: flush-to-zero on every thread of a process from its start (`flush_denormals_everywhere`,
+through `process.prepare_cpu_process` in the `mnistlab` command) and on the calling thread for a training run
+(`cpu_training_mode`)."""
 
 from __future__ import annotations
 
-import ctypes
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import torch
 
 from mnistlab.errors import ConfigError
 
 # ---------------------------------------------------------------- the CPU's floating-point mode and allocator
-GLIBC_MMAP_THRESHOLD, GLIBC_TRIM_THRESHOLD = -3, -1  # mallopt parameters (malloc.h)
-GLIBC_DEFAULT_THRESHOLD = 128 * 1024  # both parameters' documented defaults
+_pool_flushes = False  # flush_denormals_everywhere reached every thread of torch's CPU pool
 
 
-def _libc() -> ctypes.CDLL | None:
-    """glibc, or None where the C library is another (its malloc tuning calls do not exist there)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018
-        return libc
-    except (OSError, AttributeError):
-        return None
+def flush_denormals_everywhere() -> bool:
+    """Set flush-to-zero for this process's CPU training from now on; True when it holds on every thread.
 
-
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed blocks instead of handing them back to the kernel after every step.
-
-    By default glibc serves large blocks with mmap and trims the heap as soon as its top is free, so the
-    notebook network's 11 MB weight gradient, freed by zero_grad and re-allocated by the next backward, comes
-    back as hundreds of fresh zero-filled pages per step (6-13% of the step here). Blocks up to 256 MiB then
-    come from the heap, which is trimmed only past 1 GiB of free top.
+    Late in training, Adam's running averages of rarely-updated weights decay into the denormal range, where
+    x86 arithmetic is many times slower (the notebook preset's epochs 2-5 ran 2.3x slower without it on an
+    Intel Xeon). The mode is per thread and `torch.set_flush_denormal` sets only the caller's, but a new
+    thread inherits its creator's: set before torch starts its CPU thread pool (its first parallel kernel),
+    it holds on every thread of the pool. Afterwards only on this one, which this function then reports.
     """
-    if (libc := _libc()) is not None:
-        libc.mallopt(GLIBC_MMAP_THRESHOLD, 256 << 20)
-        libc.mallopt(GLIBC_TRIM_THRESHOLD, 1 << 30)
-
-
-def release_freed_memory() -> None:
-    """Undo `keep_freed_memory`: glibc's default thresholds again, and the kept free memory handed back.
-
-    glibc cannot report the previous values; setting the defaults explicitly leaves its dynamic mmap
-    threshold (which grows after large frees) switched off for the rest of the process.
-    """
-    if (libc := _libc()) is not None:
-        libc.mallopt(GLIBC_MMAP_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
-        libc.mallopt(GLIBC_TRIM_THRESHOLD, GLIBC_DEFAULT_THRESHOLD)
-        libc.malloc_trim(0)
-
-
-def _openmp_runtime() -> ctypes.CDLL | None:
-    """The OpenMP runtime torch runs its CPU thread pool on (libgomp, or LLVM's libomp with its GOMP entry
-    points), among the libraries this process has already loaded: torch's own copy first (torch/lib), then any
-    other; None where there is none to find. Nothing new is loaded: the handle is to a mapped library."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]}
-    except OSError:
-        return None
-    torch_lib = str(Path(torch.__file__).parent / "lib")
-    for path in sorted(paths, key=lambda p: (not p.startswith(torch_lib), p)):
-        try:
-            lib = ctypes.CDLL(path)
-            lib.GOMP_parallel  # noqa: B018 - the entry point used below
-            return lib
-        except (OSError, AttributeError):
-            continue
-    return None
-
-
-def set_flush_denormal_everywhere(on: bool) -> None:
-    """Set flush-to-zero on this thread and on every thread of torch's CPU thread pool.
-
-    The mode is per thread and `torch.set_flush_denormal` sets only the caller's, so the pool's threads are
-    each asked to set theirs in one OpenMP parallel region of the pool's size (they run torch's kernels).
-    """
-    torch.set_flush_denormal(on)
-    gomp = _openmp_runtime()
-    if gomp is None:
-        return
-    callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: torch.set_flush_denormal(on))
-    gomp.GOMP_parallel(callback, None, ctypes.c_uint(torch.get_num_threads()), ctypes.c_uint(0))
+    global _pool_flushes
+    torch.set_flush_denormal(True)
+    # Checked, not assumed: a product split over the pool, of denormals by one, comes out all zero only if
+    # every thread flushes.
+    _pool_flushes = not bool((torch.full((1 << 20,), 1e-39) * 1.0).any())
+    return _pool_flushes
 
 
 def flushes_denormals() -> bool:
@@ -91,33 +39,39 @@ def flushes_denormals() -> bool:
     return bool((torch.tensor([1e-39]) * 1.0).item() == 0.0)
 
 
+def cpu_settings(device: torch.device) -> dict[str, str | None]:
+    """The CPU settings a run on `device` trains with, as env.json records them (nothing off the CPU):
+    `flush_denormal`, "every thread" after `flush_denormals_everywhere` reached them all, else "calling
+    thread" (`cpu_training_mode` sets only the caller's; the pool's threads keep the mode they started with);
+    `glibc_tunables`, the allocator setting this process started with (null: glibc's defaults)."""
+    if device.type != "cpu":
+        return {}
+    return {"flush_denormal": "every thread" if _pool_flushes else "calling thread",
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
+
+
 _in_training_mode = False  # a cpu_training_mode block is open in this process
 
 
 @contextmanager
 def cpu_training_mode(device: torch.device) -> Iterator[None]:
-    """On the CPU, the floating-point mode and allocator setting training runs fastest with; both are
-    restored when the outermost such block exits, so nothing changes in the caller's process outside a
-    training run, and a block inside one (the floor measured between epochs) leaves the run's setting be.
-
-    Flush-to-zero: late in training, Adam's running averages of rarely-updated weights decay into the
-    denormal range, where x86 arithmetic is many times slower: without it the notebook preset's epochs 2-5
-    run 2.3x slower than epoch 1. The allocator: see `keep_freed_memory`.
-    """
+    """On the CPU, flush-to-zero on the calling thread (which runs the step's serial part and its share of
+    every parallel kernel) for the block, restored when the outermost such block exits: nothing changes in the
+    caller's process outside a training run, a saved model is scored in the mode it was scored in during
+    training, and a block inside one (the floor measured between epochs) leaves the run's mode be. The pool's
+    threads and the allocator are set for the whole process, at its start (`process.prepare_cpu_process`)."""
     global _in_training_mode
     if device.type != "cpu" or _in_training_mode:
         yield
         return
     was_flushing = flushes_denormals()
-    set_flush_denormal_everywhere(True)
-    keep_freed_memory()
+    torch.set_flush_denormal(True)
     _in_training_mode = True
     try:
         yield
     finally:
         _in_training_mode = False
-        release_freed_memory()
-        set_flush_denormal_everywhere(was_flushing)
+        torch.set_flush_denormal(was_flushing)
 
 
 # ---------------------------------------------------------------- devices and precision

@@ -122,9 +122,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, double_softmax: bool = Fals
     the loader's order.
 
     On the CPU it runs in the CPU training mode, as the evaluation after each epoch does: the same
-    floating-point mode (so a saved model scores as it did in training), and glibc keeping the large
-    activation blocks instead of faulting them in afresh every batch (half the time of 1,000-image batches
-    of the notebook network on 2 cores: 0.49 s for the 10,000 test images against 1.09 s, AMD EPYC)."""
+    floating-point mode, so a saved model scores as it did in training. (Its speed there depends on the
+    process's allocator setting: `process.prepare_cpu_process`.)"""
     was_training = model.training
     model.eval()
     sums = torch.zeros(3, device=loader.device, dtype=torch.float64)  # loss, correct, count

@@ -30,7 +30,14 @@ from mnistlab.presets import Config, read_run_config, resolve
 from mnistlab.training import distributed, tensorboard
 from mnistlab.training.augment import RandomAffine
 from mnistlab.training.callbacks import EarlyStopping, RunWriter, SignalStop, WeightAverage, run_bytes, set_rng_state
-from mnistlab.training.device import amp_dtype, amp_name, cpu_supports_bf16, describe_precision, pick_device
+from mnistlab.training.device import (
+    amp_dtype,
+    amp_name,
+    cpu_settings,
+    cpu_supports_bf16,
+    describe_precision,
+    pick_device,
+)
 from mnistlab.training.engine import Callback, EpochMetrics, FitPlan, StepOptions, fit
 from mnistlab.training.live import LiveObserver
 from mnistlab.training.optim import make_optimizer, make_scheduler
@@ -341,8 +348,8 @@ def run_callbacks(prep: Prepared, cfg: Config, env: distributed.DistEnv, run_dir
         remove_partial_files(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
         precision = amp_name(prep.amp)  # what "auto" chose; None: fp32
-        record_environment(run_dir / "env.json", environment(prep.device, env.world_size, env.backend, precision,
-                                                             cpu_supports_bf16()), prep.start_epoch)
+        now = environment(prep.device, env.world_size, env.backend, precision, cpu_supports_bf16())
+        record_environment(run_dir / "env.json", {**now, **cpu_settings(prep.device)}, prep.start_epoch)
         writer = RunWriter(run_dir, cfg, prep.model, prep.optimizer, prep.scheduler,
                            prep.averager.average if prep.averager else None, prep.stopper, claim)
         writer.history = list(prep.history)
