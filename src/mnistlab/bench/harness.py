@@ -124,7 +124,7 @@ def _contender(name: str, opts: BenchOptions, conn) -> None:
     """Child process: set up `name`, then answer "epoch" / "finish" requests over `conn`."""
     try:
         if name == "mnistlab":
-            flush_denormals_everywhere()  # as `mnistlab train` trains (the reference, as its notebook does)
+            flush_denormals_everywhere()  # as `mnistlab train` trains; the reference as the lab's code: neither
             stats = _mnistlab(opts, conn)
         else:
             c = ReferencePipeline(pick_device(opts.device), opts.data_dir, opts.subset, opts.test_subset)

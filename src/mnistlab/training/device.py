@@ -13,7 +13,7 @@ import torch
 
 from mnistlab.errors import ConfigError
 
-# ---------------------------------------------------------------- the CPU's floating-point mode and allocator
+# ---------------------------------------------------------------- the CPU's floating-point mode
 _pool_flushes = False  # flush_denormals_everywhere reached every thread of torch's CPU pool
 
 
